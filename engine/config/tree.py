@@ -1,0 +1,65 @@
+"""The typed configuration tree: what `parse_config` produces, what every process receives.
+
+It is plain, picklable dataclasses: the supervisor parses the file once and
+hands these objects to shard and plugin processes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class Listener:
+    """One UDP listen socket set shared by a group of shards."""
+    protocol: str = "netflow"       # "netflow" (v5/v9/IPFIX) or, later, "sflow"
+    ip: str = "::"                  # nfacctd_ip; "::" is dual-stack (v4 arrives IPv4-mapped)
+    port: int = 2100                # nfacctd_port
+    ipv6_only: bool = False         # nfacctd_ipv6_only
+    rcvbuf: Optional[int] = None    # nfacctd_pipe_size: socket receive buffer, bytes
+
+
+@dataclass
+class PluginConfig:
+    name: str                       # the name in `plugins: print[name]` ("default" when unnamed)
+    type: str                       # "print" (later: "memory", "pgsql", "kafka")
+    aggregate: tuple[str, ...] = ("src_host", "dst_host")   # validated primitive names, in config order
+    pipe_size: int = 64 * 1024 * 1024      # plugin_pipe_size: ring bytes per (shard, plugin)
+    buffer_size: int = 64 * 1024           # plugin_buffer_size: accepted, used as the batch hint
+    refresh_time: int = 60                 # print_refresh_time, seconds
+    history: Optional[str] = None          # print_history as written: "5m", "1h", "1d", "1w", "1M"
+    history_secs: int = 0                  # print_history in seconds (0: no history bins; months: see history)
+    history_roundoff: str = ""             # print_history_roundoff: subset of "mhdwM"
+    output: str = "formatted"              # print_output: formatted | csv | json
+    output_file: Optional[str] = None      # print_output_file (strftime vars, $peer_src_ip); None: stdout
+    output_file_append: bool = False       # print_output_file_append
+    output_separator: str = ","            # print_output_separator (csv)
+    markers: bool = False                  # print_markers
+    num_protos: bool = False               # print_num_protos
+    latest_file: Optional[str] = None      # print_latest_file
+    write_empty_file: bool = False         # print_write_empty_file
+    timestamps_since_epoch: bool = False
+    timestamps_utc: bool = False
+    timestamps_secs: bool = False
+    extra: dict = field(default_factory=dict)   # other keys of this plugin, parsed, for plugin types added later
+
+
+@dataclass
+class CoreConfig:
+    daemonize: bool = False
+    logfile: Optional[str] = None
+    pidfile: Optional[str] = None
+    debug: bool = False
+    listeners: list[Listener] = field(default_factory=lambda: [Listener()])
+    time_new: bool = False                 # nfacctd_time_new: bin by arrival time, not flow time
+    time_secs: bool = False                # nfacctd_time_secs: v9/IPFIX uptime fields are seconds
+    templates_file: Optional[str] = None   # nfacctd_templates_file
+    pcap_savefile: Optional[str] = None    # pcap_savefile / -I: read this file instead of a socket
+    pcap_savefile_wait: bool = False       # keep running after the file is read
+
+
+@dataclass
+class Config:
+    core: CoreConfig
+    plugins: list[PluginConfig]
+    source: Optional[str] = None           # the file it came from, for messages
