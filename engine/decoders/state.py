@@ -1,0 +1,206 @@
+"""Decoder state: templates, sampling tables, data waiting for its template, sequence numbers.
+
+One DecoderState lives in each shard.  Templates are keyed by (exporter address,
+observation domain / source id, template id) — never by source port.  Sampling
+rates learnt from options data are kept per exporter address and sampler id
+(0: the exporter-wide rate), as nfacctd does.  Each exporter's sampling table
+is replaced, never mutated, when it changes: a data set keeps a reference to the
+table current when it arrived, so records get the rate nfacctd would give them.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import numpy as np
+
+from ..schema import RECORD_DTYPE
+from .messages import (KIND_SAMPLING, KIND_TEMPLATE, BusMessage, make_key, parse_key, sampling_message,
+                       sampling_rate_from)
+from .templates import CompiledTemplate, Template, TemplateError, compile_template, template_from_bytes, \
+    template_to_bytes
+
+TemplateKey = tuple[bytes, int, int]          # (exporter16, domain, template id)
+EMPTY_TABLE: dict[int, int] = {}
+
+
+@dataclass
+class ExporterCounters:
+    """Per-exporter counters of one batch (the caller accumulates them with add)."""
+    packets: int = 0
+    flows: int = 0
+    bytes: int = 0                # export datagram bytes received
+    seq_gaps: int = 0
+    no_template_sets: int = 0     # data sets that arrived before their template
+    pending_sets: int = 0         # of those, kept to be decoded when the template arrives
+    pending_expired_sets: int = 0
+    decode_errors: int = 0
+    templates: int = 0            # template and options template records received
+    options_records: int = 0
+
+    def add(self, other: "ExporterCounters") -> "ExporterCounters":
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+
+class CounterBook(dict):
+    """exporter16 → ExporterCounters, created on first use."""
+
+    def __missing__(self, exporter: bytes) -> ExporterCounters:
+        c = self[exporter] = ExporterCounters()
+        return c
+
+
+@dataclass(frozen=True)
+class SetContext:
+    """What a data set needs from its packet header."""
+    version: int
+    exporter: bytes
+    domain: int
+    arrival_us: int
+    export_secs: int              # v9 unix_secs / IPFIX export time
+    uptime_ms: int                # v9 sysUptime (0 for IPFIX)
+
+
+@dataclass
+class PendingSet:
+    key: TemplateKey
+    body: bytes
+    ctx: SetContext
+
+
+class DecoderState:
+    def __init__(self, time_secs: bool = False, pending_limit_bytes: int = 16 << 20,
+                 pending_max_age_s: float = 30.0) -> None:
+        self.time_secs = time_secs
+        self.pending_limit_bytes = pending_limit_bytes
+        self.pending_max_age_us = int(pending_max_age_s * 1e6)
+        self.templates: dict[TemplateKey, CompiledTemplate] = {}
+        self.sampling: dict[bytes, dict[int, int]] = {}
+        self.pending: OrderedDict[int, PendingSet] = OrderedDict()     # arrival order
+        self.pending_bytes = 0
+        self.pending_keys: dict[TemplateKey, int] = {}                   # key → number of pending sets
+        self._pending_seq = 0
+        self.sequences: dict[tuple, int] = {}       # (exporter, domain/engine, version) → next expected
+
+    # -- templates --------------------------------------------------------------------------
+    def learn_template(self, key: TemplateKey, template: Template) -> tuple[Optional[CompiledTemplate], bool]:
+        """Store a template; (compiled or None, whether it is new or changed)."""
+        if template.withdrawn:
+            return None, self.templates.pop(key, None) is not None
+        old = self.templates.get(key)
+        if old is not None and old.template == template:
+            return old, False
+        compiled = compile_template(template)
+        if compiled is None:
+            self.templates.pop(key, None)
+            return None, old is not None
+        self.templates[key] = compiled
+        return compiled, True
+
+    def withdraw_all(self, exporter: bytes, domain: int, options: bool) -> list[TemplateKey]:
+        keys = [k for k, c in self.templates.items()
+                if k[0] == exporter and k[1] == domain and c.options == options]
+        for k in keys:
+            del self.templates[k]
+        return keys
+
+    # -- sampling ---------------------------------------------------------------------------
+    def sampling_table(self, exporter: bytes) -> dict[int, int]:
+        return self.sampling.get(exporter, EMPTY_TABLE)
+
+    def set_sampling(self, exporter: bytes, sampler_id: int, rate: int) -> bool:
+        table = self.sampling.get(exporter, EMPTY_TABLE)
+        if table.get(sampler_id) == rate:
+            return False
+        new = dict(table)
+        new[sampler_id] = rate
+        self.sampling[exporter] = new
+        return True
+
+    # -- data waiting for its template ----------------------------------------------------
+    def add_pending(self, key: TemplateKey, body: bytes, ctx: SetContext, counters: CounterBook) -> None:
+        c = counters[ctx.exporter]
+        c.no_template_sets += 1
+        if len(body) > self.pending_limit_bytes:
+            c.pending_expired_sets += 1
+            return
+        c.pending_sets += 1
+        self._pending_seq += 1
+        self.pending[self._pending_seq] = PendingSet(key, bytes(body), ctx)
+        self.pending_bytes += len(body)
+        self.pending_keys[key] = self.pending_keys.get(key, 0) + 1
+        while self.pending_bytes > self.pending_limit_bytes:
+            _, old = self.pending.popitem(last=False)
+            self._forget(old)
+            counters[old.ctx.exporter].pending_expired_sets += 1
+
+    def take_pending(self, key: TemplateKey) -> list[PendingSet]:
+        """Remove and return the pending sets of a template, oldest first."""
+        if key not in self.pending_keys:
+            return []
+        ids = [i for i, p in self.pending.items() if p.key == key]
+        out = [self.pending.pop(i) for i in ids]
+        for p in out:
+            self._forget(p)
+        return out
+
+    def _forget(self, p: PendingSet) -> None:
+        self.pending_bytes -= len(p.body)
+        left = self.pending_keys[p.key] - 1
+        if left:
+            self.pending_keys[p.key] = left
+        else:
+            del self.pending_keys[p.key]
+
+    def expire_pending(self, now_us: int) -> dict[bytes, ExporterCounters]:
+        """Drop pending data older than the max age; counted per exporter as pending_expired_sets."""
+        counters = CounterBook()
+        limit = now_us - self.pending_max_age_us
+        while self.pending:
+            i, p = next(iter(self.pending.items()))
+            if p.ctx.arrival_us >= limit:
+                break
+            del self.pending[i]
+            self._forget(p)
+            counters[p.ctx.exporter].pending_expired_sets += 1
+        return dict(counters)
+
+    # -- bus --------------------------------------------------------------------------------
+    def snapshot(self) -> list[BusMessage]:
+        """Everything learnt so far, as bus messages."""
+        msgs = [template_message(k, c.template) for k, c in self.templates.items()]
+        for exporter, table in self.sampling.items():
+            msgs.extend(sampling_message(exporter, sid, rate) for sid, rate in table.items())
+        return msgs
+
+    def apply(self, msgs: list[BusMessage]) -> np.ndarray:
+        """Apply templates / sampling learnt elsewhere; returns records decoded from pending data."""
+        from .netflow_v9 import decode_pending     # here: netflow_v9 imports this module
+        out = []
+        for m in msgs:
+            try:
+                kind, exporter, domain, ident = parse_key(m.key)
+                if kind == KIND_SAMPLING:
+                    self.set_sampling(exporter, ident, sampling_rate_from(m.payload))
+                    continue
+                if kind != KIND_TEMPLATE:
+                    continue
+                template = template_from_bytes(m.payload)
+            except (ValueError, TemplateError):
+                continue               # a malformed message is skipped
+            key = (exporter, domain, template.template_id)
+            compiled, changed = self.learn_template(key, template)
+            if compiled is not None:
+                recs = decode_pending(self, key, compiled, CounterBook())
+                if len(recs):
+                    out.append(recs)
+        if not out:
+            return np.zeros(0, dtype=RECORD_DTYPE)
+        return np.concatenate(out)
+
+
+def template_message(key: TemplateKey, template: Template) -> BusMessage:
+    return BusMessage(make_key(KIND_TEMPLATE, key[0], key[1], key[2]), template_to_bytes(template))

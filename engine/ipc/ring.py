@@ -1,0 +1,326 @@
+"""Single-producer single-consumer record ring in POSIX shared memory.
+
+One ring per (shard, plugin): the shard writes decoded record batches, the
+plugin drains them.  The supervisor creates and unlinks every segment; shards
+and plugins only attach and close.  A full ring never blocks the writer: the
+batch is dropped and counted in the shared header.
+
+Byte layout of a segment (all header words are native-endian uint64):
+
+    offset  field
+    ------  -----------------------------------------------------------------
+         0  magic  b"PMRING\\x00\\x01"
+         8  layout version (1)
+        16  header size in bytes (512): where record slot 0 starts
+        24  capacity, in records
+        32  record size, in bytes
+        40  dtype fingerprint (blake2b-64 of the dtype description)
+        48  creator pid
+        56  creator start time (Linux clock ticks after boot; 0: unknown)
+       128  write index: records ever committed (writer-owned)
+       136  written batches                          (writer-owned)
+       144  dropped records                          (writer-owned)
+       152  dropped batches                          (writer-owned)
+       256  read index: records ever consumed        (reader-owned)
+       264  resyncs: impossible index pairs the reader skipped over (reader-owned)
+       512  record slots: capacity x record size bytes
+
+The writer and reader words sit on separate 128-byte blocks to avoid false
+sharing.  Indices are monotonic; a record's slot is index % capacity, and a
+batch that crosses the end of the slots is copied in two pieces.
+
+Ordering: the writer copies the records first and stores the write index last
+(one aligned 8-byte store); the reader loads the write index, copies, then
+stores the read index.  Each word has one writing process, so no atomic
+read-modify-write is needed.  This relies on x86-64's total store order; a
+weakly ordered CPU would need a fence between the copy and the index store.
+
+Segments are opened with shm_open/mmap directly, bypassing
+multiprocessing.shared_memory, so Python's resource_tracker never sees them:
+an attaching child can neither unlink a segment at exit nor warn about it as
+"leaked".  Recovery after a SIGKILLed supervisor is explicit: cleanup_stale().
+"""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import re
+
+import _posixshmem
+import numpy as np
+
+from engine.schema import RECORD_DTYPE
+
+MAGIC = int.from_bytes(b"PMRING\x00\x01", "little")
+LAYOUT_VERSION = 1
+HEADER_BYTES = 512
+RING_PREFIX = "pme_"            # every ring_name() starts with this; pass it to cleanup_stale()
+SHM_DIR = "/dev/shm"            # where Linux exposes POSIX shared memory
+
+# Header word indices (offset // 8).
+_MAGIC, _VERSION, _HEADER, _CAPACITY, _RECSIZE, _FINGERPRINT, _PID, _START = range(8)
+_WRITE, _W_BATCHES, _DROP_RECORDS, _DROP_BATCHES = 16, 17, 18, 19
+_READ, _RESYNCS = 32, 33
+
+_MAX_NAME = 30                  # with the leading "/" this stays under 31 characters (macOS PSHMNAMLEN)
+_SAFE_RUN_ID = re.compile(r"[A-Za-z0-9]{1,8}")
+
+
+def dtype_fingerprint(dtype: np.dtype) -> int:
+    """A 64-bit fingerprint of a record dtype, so a reader cannot attach with a different layout."""
+    digest = hashlib.blake2b(repr(np.dtype(dtype).descr).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def ring_name(run_id: str, shard: int, plugin: str) -> str:
+    """A short POSIX shm name, unique per (run, shard, plugin): "pme_<run>_<shard>_<plugin hash>".
+
+    run_id is used as-is when it is 1-8 ASCII letters/digits, hashed otherwise;
+    the plugin name (any characters) is always hashed.
+    """
+    if not 0 <= shard <= 9999:
+        raise ValueError(f"shard index {shard} out of range 0..9999")
+    run = run_id if _SAFE_RUN_ID.fullmatch(run_id) else _short_hash(run_id)
+    name = f"{RING_PREFIX}{run}_{shard}_{_short_hash(plugin)}"
+    assert len(name) <= _MAX_NAME
+    return name
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+
+
+def _shm_path(name: str) -> str:
+    return "/" + name.lstrip("/")
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) from /proc/<pid>/stat, or None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    rest = text[text.rfind(")") + 2:].split()   # fields 3.. (comm may hold spaces and parens)
+    try:
+        return rest[0], int(rest[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _process_alive(pid: int, start_time: int) -> bool:
+    """True while pid runs and is the same process (same start time) that created a segment."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True                             # no /proc: trust kill(0)
+    state, started = stat
+    if state in ("Z", "X"):
+        return False                            # killed, not yet reaped
+    return not (start_time and started != start_time)
+
+
+class Ring:
+    """An SPSC ring of fixed-size records in shared memory (see the module docstring for the layout)."""
+
+    def __init__(self, name: str, mm: mmap.mmap, dtype: np.dtype, owner: bool):
+        """Use Ring.create() or Ring.attach()."""
+        self.name = name.lstrip("/")
+        self.dtype = np.dtype(dtype)
+        self._mm = mm
+        self._owner = owner
+        self._hdr = memoryview(mm)[:HEADER_BYTES].cast("Q")
+        self.capacity = self._hdr[_CAPACITY]
+        self._size = self.dtype.itemsize
+        # Raw bytes of the slots: byte copies are memcpy, while structured-dtype copies go field by field.
+        self._slots = np.frombuffer(mm, dtype=np.uint8, count=self.capacity * self._size, offset=HEADER_BYTES)
+        self._empty = np.frombuffer(np.empty(0, np.uint8), self.dtype)
+
+    @classmethod
+    def create(cls, name: str, capacity: int, dtype=RECORD_DTYPE) -> "Ring":
+        """Create a new segment (supervisor only); capacity is in records. FileExistsError if it exists."""
+        dtype = np.dtype(dtype)
+        if capacity < 1:
+            raise ValueError(f"ring capacity must be >= 1 record, got {capacity}")
+        if dtype.itemsize < 1 or dtype.hasobject:
+            raise ValueError(f"ring records need a fixed-size, object-free dtype, got {dtype}")
+        size = HEADER_BYTES + capacity * dtype.itemsize
+        fd = _posixshmem.shm_open(_shm_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        try:
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size)
+        except BaseException:
+            _posixshmem.shm_unlink(_shm_path(name))
+            raise
+        finally:
+            os.close(fd)
+        hdr = memoryview(mm)[:HEADER_BYTES].cast("Q")
+        stat = _proc_stat(os.getpid())
+        hdr[_VERSION] = LAYOUT_VERSION
+        hdr[_HEADER] = HEADER_BYTES
+        hdr[_CAPACITY] = capacity
+        hdr[_RECSIZE] = dtype.itemsize
+        hdr[_FINGERPRINT] = dtype_fingerprint(dtype)
+        hdr[_PID] = os.getpid()
+        hdr[_START] = stat[1] if stat else 0
+        hdr[_MAGIC] = MAGIC                     # last: a segment with a magic is complete
+        hdr.release()
+        return cls(name, mm, dtype, owner=True)
+
+    @classmethod
+    def attach(cls, name: str, dtype=RECORD_DTYPE) -> "Ring":
+        """Attach to an existing segment (writer or reader, after its process started)."""
+        dtype = np.dtype(dtype)
+        fd = _posixshmem.shm_open(_shm_path(name), os.O_RDWR, mode=0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size < HEADER_BYTES:
+                raise ValueError(f"shm segment {name!r} is too small to be a ring ({size} bytes)")
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        hdr = memoryview(mm)[:HEADER_BYTES].cast("Q")
+        try:
+            problem = None
+            if hdr[_MAGIC] != MAGIC or hdr[_VERSION] != LAYOUT_VERSION:
+                problem = "is not a pmengine ring (bad magic or layout version)"
+            elif hdr[_RECSIZE] != dtype.itemsize or hdr[_FINGERPRINT] != dtype_fingerprint(dtype):
+                problem = f"holds records of another dtype (record size {hdr[_RECSIZE]})"
+            elif HEADER_BYTES + hdr[_CAPACITY] * dtype.itemsize > size:
+                problem = "is shorter than its header says"
+        finally:
+            hdr.release()
+        if problem:
+            mm.close()
+            raise ValueError(f"shm segment {name!r} {problem}")
+        return cls(name, mm, dtype, owner=False)
+
+    def __reduce__(self):
+        raise TypeError("a Ring is not picklable: pass its name and Ring.attach() in the child process")
+
+    def write(self, records: np.ndarray) -> bool:
+        """Append a whole batch, or nothing: False (batch dropped and counted) when it does not fit now."""
+        if records.dtype != self.dtype:
+            raise TypeError(f"ring {self.name} carries {self.dtype}, got records of {records.dtype}")
+        n = len(records)
+        if n == 0:
+            return True
+        hdr, cap = self._hdr, self.capacity
+        w = hdr[_WRITE]
+        if n > cap - (w - hdr[_READ]):
+            hdr[_DROP_RECORDS] += n
+            hdr[_DROP_BATCHES] += 1
+            return False
+        src = np.frombuffer(np.ascontiguousarray(records), np.uint8)
+        size = self._size
+        pos = (w % cap) * size
+        first = min(n * size, cap * size - pos)
+        self._slots[pos:pos + first] = src[:first]
+        if first < n * size:
+            self._slots[:n * size - first] = src[first:]
+        hdr[_W_BATCHES] += 1
+        hdr[_WRITE] = w + n                     # commit: the reader sees the batch from here on
+        return True
+
+    def read(self, max_records: int | None = None) -> np.ndarray:
+        """A copy of up to max_records pending records (possibly empty); advances the read index."""
+        hdr, cap = self._hdr, self.capacity
+        w, r = hdr[_WRITE], hdr[_READ]
+        n = w - r
+        if n < 0 or n > cap:                    # impossible pair (corrupted header): skip to the writer
+            hdr[_RESYNCS] += 1
+            hdr[_READ] = w
+            return self._empty
+        if max_records is not None and max_records < n:
+            n = max(0, max_records)
+        if n == 0:
+            return self._empty
+        size = self._size
+        dst = np.empty(n * size, np.uint8)
+        pos = (r % cap) * size
+        first = min(n * size, cap * size - pos)
+        dst[:first] = self._slots[pos:pos + first]
+        if first < n * size:
+            dst[first:] = self._slots[:n * size - first]
+        hdr[_READ] = r + n                      # release the slots to the writer
+        return np.frombuffer(dst, self.dtype)
+
+    def pending(self) -> int:
+        """Records written and not yet read."""
+        return self._hdr[_WRITE] - self._hdr[_READ]
+
+    def counters(self) -> dict[str, int]:
+        """The shared counters: what the writer committed and dropped, what the reader consumed."""
+        h = self._hdr
+        return {
+            "written_records": h[_WRITE],
+            "written_batches": h[_W_BATCHES],
+            "dropped_records": h[_DROP_RECORDS],
+            "dropped_batches": h[_DROP_BATCHES],
+            "read_records": h[_READ],
+            "resyncs": h[_RESYNCS],
+        }
+
+    def creator_pid(self) -> int:
+        return self._hdr[_PID]
+
+    def close(self) -> None:
+        """Detach from the segment (every process); the ring object is unusable afterwards."""
+        if self._mm is None:
+            return
+        self._hdr.release()
+        self._slots = None
+        self._mm.close()
+        self._mm = None
+
+    def unlink(self) -> None:
+        """Remove the segment name (supervisor only); attached processes keep their mapping until they close."""
+        try:
+            _posixshmem.shm_unlink(_shm_path(self.name))
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "Ring":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def cleanup_stale(prefix: str = RING_PREFIX) -> list[str]:
+    """Unlink rings under /dev/shm named prefix* whose creator process is gone; returns their names.
+
+    Segments that are not pmengine rings (no magic) or whose creator still runs are left alone.
+    """
+    try:
+        entries = sorted(os.listdir(SHM_DIR))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        if not entry.startswith(prefix):
+            continue
+        try:
+            with open(os.path.join(SHM_DIR, entry), "rb") as f:
+                raw = f.read(64)
+        except OSError:
+            continue
+        if len(raw) < 64:
+            continue
+        words = np.frombuffer(raw, dtype=np.uint64)
+        if int(words[_MAGIC]) != MAGIC or _process_alive(int(words[_PID]), int(words[_START])):
+            continue
+        try:
+            _posixshmem.shm_unlink(_shm_path(entry))
+        except FileNotFoundError:
+            continue
+        removed.append(entry)
+    return removed

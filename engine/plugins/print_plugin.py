@@ -1,0 +1,255 @@
+"""The print plugin's writer: formatted / CSV / JSON output to stdout or files, as nfacctd 1.7.7 writes it.
+
+File behaviour (observed on nfacctd 1.7.7):
+- print_output_file may hold strftime variables, taken from each row's bin
+  (stamp_inserted) with print_history, else from the purge time, and
+  $peer_src_ip ("10.0.0.1" -> "10_0_0_1", "::1" -> "__1"; "null" when
+  peer_src_ip is not aggregated), $ref (refresh time), $hst (history
+  seconds), $tzone; rows are split into one file per expanded name;
+- missing directories are created (mode 0700), files are created mode 0600;
+- without print_output_file_append each purge rewrites the file; with it,
+  rows are appended and the title is written only when the file is new;
+- no file is touched when a purge has no rows, unless print_write_empty_file
+  (then the file is rewritten with the title / markers only);
+- print_markers: "--START (pid)--" / "--END (pid)--" around CSV and formatted
+  output; JSON gets purge_init / purge_close objects, purge_close counting the
+  rows written so far in this purge (purged_entries) and in total;
+- stdout: the title is printed once, on the first purge that prints rows;
+- print_latest_file: a symlink to the newest file (the lexicographically
+  greatest name), updated after each write.
+A write error is logged and counted, never raised.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ..config.tree import CoreConfig, PluginConfig
+from ..schema import PRIMITIVES
+from .aggregate import AggregatedRows
+from .render import (COUNTER_KEYS, FORMATTED_WIDTH, RenderOptions, counter_names, int_values, json_is_string,
+                     peer_text, primitive_values, printed_primitives, stamp_text)
+
+CHUNK_ROWS = 65536
+JSON_COUNTER_ORDER = ("flows", "packets", "bytes")     # CSV / formatted: PACKETS, FLOWS, BYTES
+OUTPUTS = ("formatted", "csv", "json", "event_formatted", "event_csv")
+
+
+def separator(text: str) -> str:
+    """print_output_separator: one character, or the strings \\t and \\s."""
+    return {"\\t": "\t", "\\s": " "}.get(text, text) or ","
+
+
+class LineFormat:
+    """Title and row lines of one output format for one plugin."""
+
+    def __init__(self, plugin: PluginConfig) -> None:
+        self.output = plugin.output
+        if self.output not in OUTPUTS:
+            raise ValueError(f"unsupported print_output {self.output!r}")
+        self.events = self.output.startswith("event_")
+        self.kind = self.output.replace("event_", "")
+        self.sep = separator(plugin.output_separator)
+        self.opts = RenderOptions.from_plugin(plugin, "::" if self.kind == "formatted" else "")
+
+    def columns(self, primitives: tuple[str, ...], with_flows: bool) -> tuple[list[str], list[str]]:
+        """(primitives in print order, counters) of the lines."""
+        counters = [] if self.events else counter_names(with_flows)
+        return printed_primitives(primitives), counters
+
+    def title(self, primitives: tuple[str, ...], with_flows: bool) -> Optional[str]:
+        if self.kind == "json":
+            return None
+        prims, counters = self.columns(primitives, with_flows)
+        heads = [PRIMITIVES[p].csv_header for p in prims] + [COUNTER_KEYS[c][1] for c in counters]
+        if self.kind == "csv":
+            return self.sep.join(heads)
+        widths = [FORMATTED_WIDTH[p] for p in prims + counters]
+        return "".join(h.ljust(w) for h, w in zip(heads, widths))
+
+    def lines(self, rows: AggregatedRows) -> list[str]:
+        """The row lines (no newlines) of a chunk of rows: one %-template per format, filled in C."""
+        prims, counters = self.columns(rows.primitives, rows.with_flows)
+        cols = [primitive_values(rows, p, self.opts) for p in prims]
+        if self.kind == "json":
+            pieces = [(f'"{PRIMITIVES[p].json_key}": "%s"' if json_is_string(p) else f'"{PRIMITIVES[p].json_key}": %s')
+                      for p in prims]
+            if rows.stamp_inserted is not None:
+                pieces.append('"stamp_inserted": "%s"')
+                cols.append(stamp_text(rows.stamp_inserted, self.opts))
+                updated = stamp_text(np.array([rows.stamp_updated]), self.opts)[0]
+                pieces.append(f'"stamp_updated": "{updated}"'.replace("%", "%%"))
+            for name in sorted(counters, key=JSON_COUNTER_ORDER.index):
+                pieces.append(f'"{COUNTER_KEYS[name][0]}": %s')
+                cols.append(int_values(getattr(rows, name)))
+            template = "{" + ", ".join(['"event_type": "purge"'] + pieces) + "}"
+        else:
+            cols += [int_values(getattr(rows, name)) for name in counters]
+            names = prims + counters
+            if self.kind == "csv":
+                template = self.sep.replace("%", "%%").join(["%s"] * len(names))
+            else:
+                template = "".join(f"%-{FORMATTED_WIDTH[n]}s" if FORMATTED_WIDTH[n] else "%s" for n in names)
+        if not cols:
+            return [template] * len(rows)
+        return list(map(template.__mod__, zip(*cols)))
+
+
+class PrintWriter:
+    """Writes each purge's rows; keeps counters of rows, files and write errors."""
+
+    def __init__(self, plugin: PluginConfig, core: CoreConfig, log: Optional[logging.Logger] = None) -> None:
+        self.plugin = plugin
+        self.log = log or logging.getLogger(f"pmengine.plugin.{plugin.name}")
+        self.fmt = LineFormat(plugin)
+        self.stdout_titled = False
+        self.rows_written = 0
+        self.write_errors = 0
+        self._written_this_purge = 0    # rows written so far in the current purge (purge_close markers)
+
+    # -- file names ---------------------------------------------------------------
+    def expand(self, template: str, when_s: Optional[int], peer: Optional[str]) -> str:
+        """print_output_file / print_latest_file variables (when_s None: no strftime)."""
+        out = template
+        if when_s is not None and "%" in out:
+            tm = time.gmtime(when_s) if self.plugin.timestamps_utc else time.localtime(when_s)
+            out = time.strftime(out, tm)
+        if "$" in out:
+            tm = time.localtime(when_s if when_s is not None else time.time())
+            off = 0 if self.plugin.timestamps_utc else tm.tm_gmtoff
+            tzone = "Z" if off == 0 else f"{'+' if off > 0 else '-'}{abs(off) // 3600:02d}:{abs(off) % 3600 // 60:02d}"
+            out = (out.replace("$peer_src_ip", peer or "null").replace("$ref", str(self.plugin.refresh_time))
+                   .replace("$hst", str(self.plugin.history_secs)).replace("$tzone", tzone))
+        return out
+
+    def targets(self, rows: AggregatedRows) -> Iterator[tuple[str, np.ndarray, Optional[str]]]:
+        """(path, row indices, $peer_src_ip text) per output file; path "" is stdout."""
+        template = self.plugin.output_file
+        if not template:
+            yield "", np.arange(len(rows)), None
+            return
+        by_time = "%" in template and rows.stamp_inserted is not None
+        by_peer = "$peer_src_ip" in template and "peer_src_ip" in rows.primitives
+        if not (by_time or by_peer):
+            yield self.expand(template, rows.stamp_updated, None), np.arange(len(rows)), None
+            return
+        stamps = rows.stamp_inserted if by_time else np.zeros(len(rows), np.int64)
+        peers, peer_ids = [None], np.zeros(len(rows), np.intp)
+        if by_peer:
+            packed = np.ascontiguousarray(rows.column("peer_src_ip")).view("V16").ravel()
+            uniq, peer_ids = np.unique(packed, return_inverse=True)
+            peer_ids = peer_ids.ravel()
+            peers = [t.replace(".", "_").replace(":", "_") for t in peer_text(uniq.view(np.uint8).reshape(-1, 16))]
+        order = np.lexsort((peer_ids, stamps))
+        s_sorted, p_sorted = stamps[order], peer_ids[order]
+        starts = np.flatnonzero(np.r_[True, (s_sorted[1:] != s_sorted[:-1]) | (p_sorted[1:] != p_sorted[:-1])])
+        for idx in np.split(order, starts[1:]):
+            first = idx[0]
+            when = int(stamps[first]) if by_time else rows.stamp_updated
+            peer = peers[peer_ids[first]]
+            yield self.expand(template, when, peer), idx, peer
+
+    # -- writing --------------------------------------------------------------------
+    def write(self, rows: AggregatedRows) -> int:
+        """Write one purge; returns the rows written (rows of files that failed are not counted)."""
+        started = time.time()
+        self._written_this_purge = 0
+        if len(rows) == 0:
+            if self.plugin.output_file and self.plugin.write_empty_file:
+                path = self.expand(self.plugin.output_file, rows.stamp_updated, None)
+                self._write_file(path, rows, 0, started)
+            return 0
+        for path, idx, peer in self.targets(rows):
+            part = rows if len(idx) == len(rows) else rows.take(idx)
+            if path:
+                self._write_file(path, part, len(rows), started, peer)
+            else:
+                self._write_stdout(part, len(rows), started)
+        return self._written_this_purge
+
+    def _blocks(self, rows: AggregatedRows) -> Iterator[str]:
+        for i in range(0, len(rows), CHUNK_ROWS):
+            chunk = rows.take(slice(i, i + CHUNK_ROWS)) if len(rows) > CHUNK_ROWS else rows
+            lines = self.fmt.lines(chunk)
+            yield "\n".join(lines) + "\n" if lines else ""
+
+    def _marker_start(self) -> str:
+        if self.fmt.kind == "json":
+            return f'{{"event_type": "purge_init", "writer_id": "{self.plugin.name}/{os.getpid()}"}}\n'
+        return f"--START ({os.getpid()})--\n"
+
+    def _marker_end(self, total: int, started: float) -> str:
+        if self.fmt.kind == "json":
+            return (f'{{"event_type": "purge_close", "writer_id": "{self.plugin.name}/{os.getpid()}", '
+                    f'"purged_entries": {self._written_this_purge}, "total_entries": {total}, '
+                    f'"duration": {int(time.time() - started)}}}\n')
+        return f"--END ({os.getpid()})--\n"
+
+    def _emit(self, out, rows: AggregatedRows, with_title: bool, total: int, started: float) -> None:
+        if self.plugin.markers:
+            out.write(self._marker_start())
+        title = self.fmt.title(rows.primitives, rows.with_flows)
+        if with_title and title is not None:
+            out.write(title + "\n")
+        for block in self._blocks(rows):
+            out.write(block)
+        self._written_this_purge += len(rows)
+        if self.plugin.markers:
+            out.write(self._marker_end(total, started))
+
+    def _write_file(self, path: str, rows: AggregatedRows, total: int, started: float,
+                    peer: Optional[str] = None) -> None:
+        append = self.plugin.output_file_append
+        try:
+            folder = os.path.dirname(path)
+            if folder:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+            existed = os.path.exists(path)
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+            with os.fdopen(os.open(path, flags, 0o600), "w") as out:
+                self._emit(out, rows, not (append and existed), total, started)
+        except OSError as e:
+            self.write_errors += 1
+            self.log.error("cannot write %s: %s", path, e)
+            return
+        self.rows_written += len(rows)
+        if self.plugin.latest_file:
+            self._update_latest(self.expand(self.plugin.latest_file, None, peer), path)
+
+    def _write_stdout(self, rows: AggregatedRows, total: int, started: float) -> None:
+        try:
+            self._emit(sys.stdout, rows, not self.stdout_titled, total, started)
+            sys.stdout.flush()
+        except OSError as e:
+            self.write_errors += 1
+            self.log.error("cannot write to stdout: %s", e)
+            return
+        self.stdout_titled = True
+        self.rows_written += len(rows)
+
+    def _update_latest(self, latest: str, path: str) -> None:
+        try:
+            if os.path.islink(latest) and os.readlink(latest) > path:
+                return
+            folder = os.path.dirname(latest)
+            if folder:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+            tmp = f"{latest}.tmp{os.getpid()}"
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.symlink(path, tmp)
+            os.replace(tmp, latest)
+        except OSError as e:
+            self.write_errors += 1
+            self.log.error("cannot update latest file %s: %s", latest, e)
+
+    def close(self) -> None:
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass

@@ -1,0 +1,1 @@
+"""Receiver shards: UDP socket → batch → decode → rings."""

@@ -1,0 +1,225 @@
+"""The shard process: receive export packets in batches, decode, write records into rings.
+
+One shard = one process = one SO_REUSEPORT socket (or, offline, one pcap file).
+It never blocks on a plugin: a full ring drops the batch and the ring counts it.
+Templates learnt here go out on the template bus; templates learnt elsewhere
+come in from it and may release data that was waiting for them.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import time
+from typing import Iterator, Optional
+
+import numpy as np
+import zmq
+
+from ..config.tree import CoreConfig, Listener
+from ..decoders import BusMessage, DecoderState, decode_batch
+from ..decoders.batch import PacketBatch
+from ..ipc.ring import Ring
+from ..ipc.template_bus import BusClient, BusEndpoints
+from ..pcap import PcapStats, iter_udp
+from .sockets import AddressCache, kernel_drops, open_udp
+from .stats import ShardStats
+
+log = logging.getLogger("pmengine.shard")
+
+MAX_PACKETS = 512               # packets per receive batch
+BUF_BYTES = 8 << 20             # receive buffer: room for MAX_PACKETS jumbo datagrams
+RING_CHUNK = 8192               # records per ring write
+POLL_MS = 100
+STATS_EVERY_S = 1.0
+
+
+class UdpBatcher:
+    """Drain a non-blocking UDP socket into PacketBatches (one recvfrom_into per datagram)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = np.zeros(BUF_BYTES, dtype=np.uint8)
+        self.view = memoryview(self.buf)
+        self.offsets = np.zeros(MAX_PACKETS, dtype=np.int64)
+        self.lengths = np.zeros(MAX_PACKETS, dtype=np.int64)
+        self.exporters = np.zeros((MAX_PACKETS, 16), dtype=np.uint8)
+        self.arrival = np.zeros(MAX_PACKETS, dtype=np.int64)
+        self.addr = AddressCache()
+
+    def receive(self) -> Optional[PacketBatch]:
+        """Everything queued on the socket, up to MAX_PACKETS; None when nothing was waiting."""
+        n, off = 0, 0
+        recv = self.sock.recvfrom_into
+        exporters: list[bytes] = []
+        while n < MAX_PACKETS and off + 65536 <= BUF_BYTES:
+            try:
+                size, peer = recv(self.view[off:off + 65536])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:      # e.g. ICMP errors surfaced on the socket: skip
+                log.debug("recv error: %s", e)
+                continue
+            self.offsets[n] = off
+            self.lengths[n] = size
+            exporters.append(self.addr(peer[0]))
+            off += (size + 7) & ~7
+            n += 1
+        if n == 0:
+            return None
+        self.exporters[:n] = np.frombuffer(b"".join(exporters), dtype=np.uint8).reshape(n, 16)
+        self.arrival[:n] = time.time_ns() // 1000
+        return PacketBatch(self.buf, self.offsets[:n], self.lengths[:n], self.exporters[:n], self.arrival[:n])
+
+
+def pcap_batches(path: str, stats: PcapStats, port: Optional[int]) -> Iterator[PacketBatch]:
+    """The UDP datagrams of a pcap, in file order, MAX_PACKETS at a time."""
+    pending: list[tuple[bytes, bytes, int]] = []
+    for p in iter_udp(path, stats):
+        if port and p.dport != port:
+            continue
+        pending.append((p.payload, p.src, p.ts_us))
+        if len(pending) >= MAX_PACKETS // 8:
+            yield PacketBatch.from_packets(pending)
+            pending = []
+    if pending:
+        yield PacketBatch.from_packets(pending)
+
+
+class Shard:
+    def __init__(self, shard_id: int, core: CoreConfig, ring_names: list[str],
+                 bus_endpoints: Optional[BusEndpoints], stats_path: Optional[str]) -> None:
+        self.shard_id = shard_id
+        self.core = core
+        self.rings = [Ring.attach(n) for n in ring_names]
+        self.state = DecoderState(time_secs=core.time_secs)
+        self.stats = ShardStats(shard_id, stats_path)
+        self.bus = BusClient(bus_endpoints, f"shard-{shard_id}".encode()) if bus_endpoints else None
+        self.stopping = False
+        self.blocking_writes = False        # offline (pcap): back-pressure instead of drops
+
+    # -- bus ----------------------------------------------------------------
+    def bus_snapshot(self) -> None:
+        if self.bus is None:
+            return
+        items = self.bus.snapshot()
+        self.deliver(self.state.apply([BusMessage(k, p) for k, p in items]))
+        log.info("shard %d: %d templates/sampling entries from the bus snapshot", self.shard_id, len(items))
+
+    def bus_receive(self) -> None:
+        if self.bus is None:
+            return
+        items = self.bus.receive()
+        if items:
+            self.deliver(self.state.apply([BusMessage(k, p) for k, p in items]))
+
+    # -- data path ------------------------------------------------------------
+    def handle(self, batch: PacketBatch) -> None:
+        res = decode_batch(batch, self.state)
+        self.stats.add_decode(res.counters, len(batch))
+        if res.learnt and self.bus is not None:
+            self.bus.publish([(m.key, m.payload) for m in res.learnt])
+        self.deliver(res.records)
+
+    def deliver(self, records: np.ndarray) -> None:
+        if len(records) == 0:
+            return
+        for start in range(0, len(records), RING_CHUNK):
+            chunk = records[start:start + RING_CHUNK]
+            for ring in self.rings:
+                self._write(ring, chunk)
+
+    def _write(self, ring: Ring, chunk: np.ndarray) -> None:
+        if not self.blocking_writes:
+            ring.write(chunk)       # a full ring drops and counts the batch
+            return
+        # offline or shutting down: wait for room (bounded), the counters stay exact
+        deadline = time.monotonic() + (3600 if not self.stopping else 5.0)
+        while ring.capacity - ring.pending() < len(chunk):
+            if time.monotonic() > deadline:
+                break               # still no room: the write below drops and counts it
+            time.sleep(0.002)
+        ring.write(chunk)
+
+    def housekeeping(self, now: float, sock: Optional[socket.socket]) -> None:
+        self.stats.add_expired(self.state.expire_pending(int(now * 1e6)))
+        self.stats.kernel_drops = kernel_drops(sock) if sock is not None else 0
+        self.stats.rings = {r.name: r.counters() for r in self.rings}
+        self.stats.save()
+
+    def close(self) -> None:
+        self.stats.rings = {r.name: r.counters() for r in self.rings}
+        self.stats.save()
+        self.stats.log_summary(log, final=True)
+        for r in self.rings:
+            r.close()
+        if self.bus is not None:
+            self.bus.close()
+
+
+def run_udp(shard: Shard, listener: Listener) -> None:
+    sock = open_udp(listener)
+    log.info("shard %d listening on [%s]:%d", shard.shard_id, listener.ip, listener.port)
+    batcher = UdpBatcher(sock)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    if shard.bus is not None:
+        poller.register(shard.bus.socket, zmq.POLLIN)
+    next_stats = time.monotonic() + STATS_EVERY_S
+    try:
+        while not shard.stopping:
+            poller.poll(POLL_MS)
+            shard.bus_receive()
+            while True:
+                batch = batcher.receive()
+                if batch is None:
+                    break
+                shard.handle(batch)
+                if shard.bus is not None:
+                    shard.bus_receive()
+            now = time.monotonic()
+            if now >= next_stats:
+                shard.housekeeping(time.time(), sock)
+                next_stats = now + STATS_EVERY_S
+        # SIGTERM: take what the kernel already queued for us, then stop.
+        shard.blocking_writes = True
+        time.sleep(0.05)
+        shard.bus_receive()
+        while (batch := batcher.receive()) is not None:
+            shard.handle(batch)
+        shard.housekeeping(time.time(), sock)
+    finally:
+        sock.close()
+
+
+def run_pcap(shard: Shard, path: str, port: Optional[int]) -> None:
+    shard.blocking_writes = True
+    pstats = PcapStats()
+    for batch in pcap_batches(path, pstats, port):
+        if shard.stopping:
+            break
+        shard.handle(batch)
+    log.info("shard %d: pcap %s read: %d frames, %d UDP datagrams, skipped %s",
+             shard.shard_id, path, pstats.frames, pstats.udp, pstats.skipped or "none")
+    shard.housekeeping(time.time(), None)
+
+
+def shard_main(shard_id: int, core: CoreConfig, listener: Optional[Listener], ring_names: list[str],
+               bus_endpoints: Optional[BusEndpoints], stats_path: Optional[str]) -> None:
+    """Process entry point (see engine.supervisor)."""
+    shard = Shard(shard_id, core, ring_names, bus_endpoints, stats_path)
+
+    def on_term(_signum, _frame):
+        shard.stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGUSR1, lambda *_: shard.stats.log_summary(log))
+    try:
+        shard.bus_snapshot()
+        if core.pcap_savefile:
+            run_pcap(shard, core.pcap_savefile, None)
+        else:
+            assert listener is not None
+            run_udp(shard, listener)
+    finally:
+        shard.close()

@@ -1,0 +1,105 @@
+"""Shared fixtures: where the captures are, free ports, running pmengine and nfacctd as real processes."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CAPTURES = (REPO.parent / "shared" / "captures").resolve()
+NFACCTD = shutil.which("nfacctd") or ("/usr/sbin/nfacctd" if os.path.exists("/usr/sbin/nfacctd") else None)
+
+
+def captures_or_skip() -> Path:
+    if not CAPTURES.is_dir():
+        pytest.skip(f"captures not found at {CAPTURES} (../shared/captures beside the checkout)")
+    return CAPTURES
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pmengine_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "engine.cli", *args]
+
+
+def run_pmengine_pcap(conf: str, workdir: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `pmengine start -f conf` (a pcap_savefile config) to completion."""
+    path = workdir / "pmengine.conf"
+    path.write_text(conf)
+    proc = subprocess.run(pmengine_cmd("start", "-f", str(path)), cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"pmengine failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def run_nfacctd_pcap(conf: str, workdir: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the reference nfacctd 1.7.7 on a pcap_savefile config to completion."""
+    if NFACCTD is None:
+        pytest.skip("nfacctd (Debian package pmacct) is not installed")
+    path = workdir / "nfacctd.conf"
+    path.write_text("daemonize: false\n" + conf)
+    proc = subprocess.run([NFACCTD, "-f", str(path)], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"nfacctd failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return proc
+
+
+class Collector:
+    """A live `pmengine start` process; stopped by its PID with SIGTERM."""
+
+    def __init__(self, conf: str, workdir: Path, shards: int = 1) -> None:
+        self.conf_path = workdir / "live.conf"
+        self.conf_path.write_text(conf)
+        self.log_path = workdir / "pmengine.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(pmengine_cmd("start", "--shards", str(shards), "-f", str(self.conf_path)),
+                                     cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_listening(self, shards: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text()
+            if text.count("listening on") >= shards:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pmengine exited early:\n{text[-4000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"pmengine did not start listening:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def collector_factory(tmp_path):
+    started: list[Collector] = []
+
+    def make(conf: str, shards: int = 1) -> Collector:
+        c = Collector(conf, tmp_path, shards)
+        started.append(c)
+        return c
+
+    yield make
+    for c in started:
+        c.kill()
