@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import random
 import re
 import socket
@@ -129,3 +131,38 @@ def test_sigterm_during_traffic_loses_nothing_received(collector_factory, tmp_pa
     assert sum(r["packets"] for r in rows) == decoded_flows * 2
     ring_drops = re.findall(r"ring_dropped_records=(\d+)", log)
     assert ring_drops and all(d == "0" for d in ring_drops)
+
+
+def test_killed_shard_is_restarted_and_collects_again(collector_factory, tmp_path):
+    """kill -9 one shard: the supervisor starts a new one, which learns templates from the bus."""
+    port, out = free_udp_port(), tmp_path / "flows.json"
+    collector = collector_factory(live_conf(port, str(out)), shards=2)
+    collector.wait_listening(2)
+    exp = Exporter(version=10, domain_id=1)
+    tpl = Template(400, V4_TEMPLATE)
+    with sender("127.0.0.20") as s:
+        s.sendto(exp.packet([template_set(10, [tpl])]), ("127.0.0.1", port))
+    time.sleep(0.5)
+    pids = {int(p) for p in re.findall(r"started shard-\d+ \(pid (\d+)\)", collector.log_path.read_text())}
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        text = collector.log_path.read_text()
+        if len(re.findall(r"started shard-\d+ \(pid (\d+)\)", text)) == 3 and text.count("listening on") >= 3:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the killed shard was not restarted:\n" + collector.log_path.read_text()[-3000:])
+    expected: Counter = Counter()
+    socks = [sender("127.0.0.20") for _ in range(8)]      # spread over both shards, the new one included
+    for i, s in enumerate(socks):
+        records = [[f"10.9.0.{i}", "10.8.0.1", 1000 + i, 53, 17, 100 * (i + 1), i + 1]]
+        s.sendto(exp.packet([data_set(tpl, records)], data_records=1), ("127.0.0.1", port))
+        key = ("127.0.0.20", f"10.9.0.{i}", "10.8.0.1", 1000 + i, 53, "udp")
+        expected[key + ("packets",)] += i + 1
+        expected[key + ("bytes",)] += 100 * (i + 1)
+        s.close()
+    time.sleep(1.0)
+    assert collector.stop() == 0
+    assert read_rows(out) == expected

@@ -73,12 +73,16 @@ class UdpBatcher:
 
 
 def pcap_batches(path: str, stats: PcapStats, port: Optional[int]) -> Iterator[PacketBatch]:
-    """The UDP datagrams of a pcap, in file order, MAX_PACKETS at a time."""
+    """The UDP datagrams of a pcap, in file order, a few at a time.
+
+    Arrival time is the wall clock at reading, as nfacctd does with pcap_savefile
+    (it matters for timestamp_arrival, nfacctd_time_new and flows without a start time).
+    """
     pending: list[tuple[bytes, bytes, int]] = []
     for p in iter_udp(path, stats):
         if port and p.dport != port:
             continue
-        pending.append((p.payload, p.src, p.ts_us))
+        pending.append((p.payload, p.src, time.time_ns() // 1000))
         if len(pending) >= MAX_PACKETS // 8:
             yield PacketBatch.from_packets(pending)
             pending = []
