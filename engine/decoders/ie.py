@@ -32,7 +32,7 @@ class IeSpec:
     name: str          # IANA name, for messages
     kind: str          # how the value is read: uint, ipv4, ipv6, mac
     column: str        # the RECORD_DTYPE column it feeds, or a role ("time:…", "sampling:…", "family:…")
-    width: int = 0     # required width in bytes (0: any width 1-8 for uint)
+    widths: tuple = ()  # accepted widths in bytes (empty: any width 1-8 for uint)
 
 
 # Plain copies into one column; the order here is irrelevant (each column has one IE).
@@ -57,24 +57,26 @@ _PLAIN = [
 
 # Values that need a per-record choice (family, fallbacks) or a computation.
 _ROLES = [
-    IeSpec(56, "sourceMacAddress", "mac", "mac:src56", 6),
-    IeSpec(81, "postSourceMacAddress", "mac", "mac:src81", 6),
-    IeSpec(80, "destinationMacAddress", "mac", "mac:dst80", 6),
-    IeSpec(57, "postDestinationMacAddress", "mac", "mac:dst57", 6),
-    IeSpec(8, "sourceIPv4Address", "ipv4", "addr:src4", 4),
-    IeSpec(12, "destinationIPv4Address", "ipv4", "addr:dst4", 4),
-    IeSpec(27, "sourceIPv6Address", "ipv6", "addr:src6", 16),
-    IeSpec(28, "destinationIPv6Address", "ipv6", "addr:dst6", 16),
+    IeSpec(56, "sourceMacAddress", "mac", "mac:src56", (6,)),
+    IeSpec(81, "postSourceMacAddress", "mac", "mac:src81", (6,)),
+    IeSpec(80, "destinationMacAddress", "mac", "mac:dst80", (6,)),
+    IeSpec(57, "postDestinationMacAddress", "mac", "mac:dst57", (6,)),
+    IeSpec(8, "sourceIPv4Address", "ipv4", "addr:src4", (4,)),
+    IeSpec(12, "destinationIPv4Address", "ipv4", "addr:dst4", (4,)),
+    IeSpec(27, "sourceIPv6Address", "ipv6", "addr:src6", (16,)),
+    IeSpec(28, "destinationIPv6Address", "ipv6", "addr:dst6", (16,)),
     IeSpec(9, "sourceIPv4PrefixLength", "uint", "mask:src4"),
     IeSpec(13, "destinationIPv4PrefixLength", "uint", "mask:dst4"),
     IeSpec(29, "sourceIPv6PrefixLength", "uint", "mask:src6"),
     IeSpec(30, "destinationIPv6PrefixLength", "uint", "mask:dst6"),
-    IeSpec(15, "ipNextHopIPv4Address", "ipv4", "nexthop:4", 4),
-    IeSpec(62, "ipNextHopIPv6Address", "ipv6", "nexthop:6", 16),
-    IeSpec(18, "bgpNextHopIPv4Address", "ipv4", "bgpnexthop:4", 4),
-    IeSpec(63, "bgpNextHopIPv6Address", "ipv6", "bgpnexthop:6", 16),
-    IeSpec(47, "mplsTopLabelIPv4Address", "ipv4", "bgpnexthop:mpls4", 4),
+    IeSpec(15, "ipNextHopIPv4Address", "ipv4", "nexthop:4", (4,)),
+    IeSpec(62, "ipNextHopIPv6Address", "ipv6", "nexthop:6", (16,)),
+    IeSpec(18, "bgpNextHopIPv4Address", "ipv4", "bgpnexthop:4", (4,)),
+    IeSpec(63, "bgpNextHopIPv6Address", "ipv6", "bgpnexthop:6", (16,)),
+    IeSpec(47, "mplsTopLabelIPv4Address", "ipv4", "bgpnexthop:mpls4", (4,)),
     IeSpec(60, "ipVersion", "uint", "family:ipversion"),
+    IeSpec(252, "ingressPhysicalInterface", "uint", "fallback:in_iface252"),
+    IeSpec(253, "egressPhysicalInterface", "uint", "fallback:out_iface253"),
     IeSpec(85, "octetTotalCount", "uint", "fallback:bytes85"),
     IeSpec(23, "postOctetDeltaCount", "uint", "fallback:bytes23"),
     IeSpec(86, "packetTotalCount", "uint", "fallback:packets86"),
@@ -97,10 +99,10 @@ _ROLES = [
     IeSpec(159, "flowEndDeltaMicroseconds", "uint", "time:end_delta_us"),
     IeSpec(160, "systemInitTimeMilliseconds", "uint", "time:sysinit_ms"),
     IeSpec(323, "observationTimeMilliseconds", "uint", "time:start_observation_ms"),
-    IeSpec(34, "samplingInterval", "uint", "sampling:interval"),
-    IeSpec(50, "samplerRandomInterval", "uint", "sampling:random_interval"),
-    IeSpec(305, "samplingPacketInterval", "uint", "sampling:packet_interval"),
-    IeSpec(306, "samplingPacketSpace", "uint", "sampling:packet_space"),
+    IeSpec(34, "samplingInterval", "uint", "sampling:interval", (4,)),            # widths as nfacctd
+    IeSpec(50, "samplerRandomInterval", "uint", "sampling:random_interval", (1, 2, 3, 4)),
+    IeSpec(305, "samplingPacketInterval", "uint", "sampling:packet_interval", (4,)),
+    IeSpec(306, "samplingPacketSpace", "uint", "sampling:packet_space", (4,)),
     IeSpec(48, "samplerId", "uint", "sampling:sampler_id"),
     IeSpec(302, "selectorId", "uint", "sampling:selector_id"),
 ]
@@ -121,8 +123,8 @@ def spec_for(ie: int, pen: int, length: int) -> IeSpec | None:
     spec = IE_TABLE.get(ie)
     if spec is None:
         return None
-    if spec.width:
-        return spec if length == spec.width else None
+    if spec.widths:
+        return spec if length in spec.widths else None
     return spec if 1 <= length <= 8 else None
 
 
@@ -144,17 +146,21 @@ def record_starts(set_starts: np.ndarray, counts: np.ndarray, rec_len: int) -> n
     return np.repeat(set_starts.astype(np.int64, copy=False), counts) + within * rec_len
 
 
-def gather_records(buf: np.ndarray, set_starts: np.ndarray, counts: np.ndarray, rec_len: int) -> np.ndarray:
-    """The bytes of all records of all sets, as one (n, rec_len) uint8 array (one fancy index)."""
-    counts = counts.astype(np.int64, copy=False)
-    nbytes = counts * rec_len
-    total = int(nbytes.sum())
-    if total == 0:
-        return np.zeros((int(counts.sum()), rec_len), dtype=np.uint8)
-    # index of every byte: the set's start, plus the running position inside the set's records
-    first = np.cumsum(nbytes) - nbytes
-    idx = np.arange(total, dtype=np.int64) + np.repeat(set_starts.astype(np.int64, copy=False) - first, nbytes)
-    return buf[idx].reshape(-1, rec_len)
+def gather_records(buf: np.ndarray, set_starts: np.ndarray, counts: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """All records of all sets as one array of `dtype` (whose itemsize is the record length).
+
+    The buffer is viewed as overlapping records starting at every byte (stride 1),
+    so one fancy index with the record start offsets copies every record at once.
+    """
+    dtype = np.dtype(dtype)
+    rec_len = dtype.itemsize
+    starts = record_starts(np.asarray(set_starts), np.asarray(counts), rec_len)
+    positions = len(buf) - rec_len + 1
+    if len(starts) == 0 or positions <= 0:
+        return np.zeros(len(starts), dtype=dtype)
+    # gather as opaque bytes (a plain memcpy per record), then reinterpret as the record dtype
+    every_byte = np.ndarray(shape=(positions,), dtype=np.dtype((np.void, rec_len)), buffer=buf, strides=(1,))
+    return every_byte[starts].view(dtype)
 
 
 def uint_values(col: np.ndarray) -> np.ndarray:
@@ -198,19 +204,17 @@ def fill_records(out: np.ndarray, wire: np.ndarray, compiled, version: int, per_
     def uint(role):
         return uint_values(raw(role))
 
-    for column, spec in _PLAIN_COLUMNS.items():
-        if column not in cols:
-            continue
-        if spec.kind == "mac":
-            out[column] = raw(column)
-        elif column == "tcp_flags":
-            out[column] = uint(column) & 0xFF
-        else:
-            out[column] = uint(column)
+    for column in _PLAIN_COLUMNS:
+        if column in cols:
+            field = raw(column)
+            # '>uN' fields and MAC bytes are assigned as they are (casting keeps the low bits,
+            # so a 2-byte tcpControlBits keeps its low 8 bits); odd widths go through uint_values
+            out[column] = field if (field.ndim == 1 or cols[column][2].kind == "mac") else uint_values(field)
     if "flows" not in cols:
         out["flows"] = 1
     for column, fallbacks in (("bytes", ("fallback:bytes85", "fallback:bytes23")),
-                              ("packets", ("fallback:packets86", "fallback:packets24"))):
+                              ("packets", ("fallback:packets86", "fallback:packets24")),
+                              ("in_iface", ("fallback:in_iface252",)), ("out_iface", ("fallback:out_iface253",))):
         if column not in cols:
             role = next((r for r in fallbacks if r in cols), None)
             if role is not None:
@@ -224,17 +228,10 @@ def fill_records(out: np.ndarray, wire: np.ndarray, compiled, version: int, per_
     out["family"] = np.where(is4, 4 if has_v4 else 0, np.where(is6, 6 if has_v6 else 0, 0))
     if "etype" not in cols:
         out["etype"] = np.where(is4, 0x0800, np.where(is6, 0x86DD, 0))
+    all4, all6 = bool(is4.all()), bool(is6.all())
     for side in ("src", "dst"):
-        host = out[f"{side}_host"]
-        if f"addr:{side}4" in cols:
-            host[is4] = ipv4_mapped(raw(f"addr:{side}4"))[is4]
-        if f"addr:{side}6" in cols:
-            host[is6] = raw(f"addr:{side}6")[is6]
-        mask = out[f"{side}_mask"]
-        if f"mask:{side}4" in cols:
-            mask[is4] = uint(f"mask:{side}4")[is4]
-        if f"mask:{side}6" in cols:
-            mask[is6] = uint(f"mask:{side}6")[is6]
+        _fill_by_family(out[f"{side}_host"], cols, raw, f"addr:{side}4", f"addr:{side}6", is4, is6, all4, all6)
+        _fill_by_family(out[f"{side}_mask"], cols, raw, f"mask:{side}4", f"mask:{side}6", is4, is6, all4, all6)
     for column, roles in (("peer_dst_ip", ("bgpnexthop:4", "bgpnexthop:mpls4", "bgpnexthop:6")),
                           ("ip_next_hop", ("nexthop:4", "nexthop:6")),
                           ("src_mac", ("mac:src56", "mac:src81")), ("dst_mac", ("mac:dst80", "mac:dst57"))):
@@ -244,6 +241,26 @@ def fill_records(out: np.ndarray, wire: np.ndarray, compiled, version: int, per_
     _fill_vlan(out, cols, uint, version)
     out["ts_start"] = _flow_time("start", cols, uint, version, per_record, time_secs)
     out["ts_end"] = _flow_time("end", cols, uint, version, per_record, time_secs)
+
+
+def _fill_by_family(column: np.ndarray, cols, raw, role4: str, role6: str, is4, is6, all4: bool, all6: bool) -> None:
+    """Copy the IPv4 role into IPv4 records and the IPv6 role into IPv6 records (fast when uniform)."""
+    for role, rows, every in ((role4, is4, all4), (role6, is6, all6)):
+        if role not in cols or not (every or rows.any()):
+            continue
+        value = raw(role)
+        if cols[role][2].kind == "ipv4":
+            if every:
+                column[:, 10:12] = 0xFF
+                column[:, 12:] = value
+                continue
+            value = ipv4_mapped(value)
+        elif value.ndim == 2 and cols[role][2].kind == "uint":
+            value = uint_values(value)
+        if every:
+            column[...] = value
+        else:
+            column[rows] = value[rows]
 
 
 def _fill_vlan(out: np.ndarray, cols, uint, version: int) -> None:

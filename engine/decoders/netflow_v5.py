@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..schema import RECORD_DTYPE
-from .ie import gather_records, ipv4_mapped, uptime_time_us
+from .ie import gather_records, uptime_time_us
 from .state import CounterBook, DecoderState
 
 V5_HEADER = np.dtype([("version", ">u2"), ("count", ">u2"), ("sys_uptime", ">u4"), ("unix_secs", ">u4"),
@@ -36,6 +36,7 @@ V1_RECORD = np.dtype([("src", "u1", (4,)), ("dst", "u1", (4,)), ("nexthop", "u1"
 assert V5_HEADER.itemsize == 24 and V1_HEADER.itemsize == 16
 assert V5_RECORD.itemsize == 48 and V1_RECORD.itemsize == 48
 RECORD_LEN = 48
+CHUNK_RECORDS = 4096
 
 
 def decode_v5_packets(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, exporters: np.ndarray,
@@ -48,7 +49,7 @@ def decode_v5_packets(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
     ok = lengths >= hlen
     headers = np.zeros(n, dtype=hdr_dtype)
     if ok.any():
-        headers[ok] = gather_records(buf, offsets[ok], np.ones(int(ok.sum()), np.int64), hlen).view(hdr_dtype)[:, 0]
+        headers[ok] = gather_records(buf, offsets[ok], np.ones(int(ok.sum()), np.int64), hdr_dtype)
     counts = headers["count"].astype(np.int64)
     ok &= lengths >= hlen + counts * RECORD_LEN          # a count that lies about the length: drop the packet
     counts = np.where(ok, counts, 0)
@@ -58,40 +59,39 @@ def decode_v5_packets(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
     out = np.zeros(total, dtype=RECORD_DTYPE)
     if total == 0:
         return out
-    recs = gather_records(buf, offsets + hlen, counts, RECORD_LEN).view(rec_dtype)[:, 0]
+    recs = gather_records(buf, offsets + hlen, counts, rec_dtype)
     per_packet = np.repeat(np.arange(n), counts)
-    h = headers[per_packet]
+    for a in range(0, total, CHUNK_RECORDS):       # chunks that stay in cache while the columns are written
+        rows = slice(a, a + CHUNK_RECORDS)
+        p = per_packet[rows]
+        _fill(out[rows], recs[rows], headers[p], exporters[p], arrival_us[p], version, state.time_secs)
+    return out
 
-    out["src_host"] = ipv4_mapped(recs["src"])
-    out["dst_host"] = ipv4_mapped(recs["dst"])
-    out["ip_next_hop"] = ipv4_mapped(recs["nexthop"])
-    out["peer_src_ip"] = exporters[per_packet]
-    out["in_iface"] = recs["input"]
-    out["out_iface"] = recs["output"]
-    out["packets"] = recs["packets"]
-    out["bytes"] = recs["octets"]
+
+def _fill(out: np.ndarray, recs: np.ndarray, h: np.ndarray, exporters: np.ndarray, arrival_us: np.ndarray,
+          version: int, time_secs: bool) -> None:
+    for column, field in (("src_host", "src"), ("dst_host", "dst"), ("ip_next_hop", "nexthop")):
+        out[column][:, 10:12] = 0xFF                   # IPv4-mapped
+        out[column][:, 12:] = recs[field]
+    out["peer_src_ip"] = exporters
+    for column, field in (("in_iface", "input"), ("out_iface", "output"), ("packets", "packets"),
+                          ("bytes", "octets"), ("src_port", "src_port"), ("dst_port", "dst_port"),
+                          ("tcp_flags", "tcp_flags"), ("proto", "proto"), ("tos", "tos")):
+        out[column] = recs[field]
     out["flows"] = 1
-    out["src_port"] = recs["src_port"]
-    out["dst_port"] = recs["dst_port"]
-    out["tcp_flags"] = recs["tcp_flags"]
-    out["proto"] = recs["proto"]
-    out["tos"] = recs["tos"]
     out["family"] = 4
     out["etype"] = 0x0800
     out["export_proto_version"] = version
-    out["ts_arrival"] = arrival_us[per_packet]
+    out["ts_arrival"] = arrival_us
     uptime = h["sys_uptime"].astype(np.int64)
     secs = h["unix_secs"].astype(np.int64)
-    out["ts_start"] = uptime_time_us(secs, uptime, recs["first"].astype(np.int64), state.time_secs)
-    out["ts_end"] = uptime_time_us(secs, uptime, recs["last"].astype(np.int64), state.time_secs)
+    out["ts_start"] = uptime_time_us(secs, uptime, recs["first"].astype(np.int64), time_secs)
+    out["ts_end"] = uptime_time_us(secs, uptime, recs["last"].astype(np.int64), time_secs)
     if version == 5:
-        out["src_as"] = recs["src_as"]
-        out["dst_as"] = recs["dst_as"]
-        out["src_mask"] = recs["src_mask"]
-        out["dst_mask"] = recs["dst_mask"]
+        for column in ("src_as", "dst_as", "src_mask", "dst_mask"):
+            out[column] = recs[column]
         out["domain_id"] = (h["engine_type"].astype(np.uint32) << 8) | h["engine_id"]
         out["sampling_rate"] = h["sampling"] & 0x3FFF
-    return out
 
 
 def _count_packets(exporters: np.ndarray, lengths: np.ndarray, ok: np.ndarray, counts: np.ndarray,

@@ -29,6 +29,7 @@ from .templates import (IPFIX_OPTIONS_SET, IPFIX_TEMPLATE_SET, MIN_DATA_SET_ID, 
 V9_HEADER = struct.Struct(">HHIIII")       # version, count, sysUptime ms, unix secs, sequence, source id
 IPFIX_HEADER = struct.Struct(">HHIII")     # version, length, export time, sequence, observation domain
 SET_HEADER = struct.Struct(">HH")
+CHUNK_RECORDS = 4096
 
 
 class SetGroup:
@@ -57,10 +58,8 @@ class SetGroup:
         """All records as one array of the compiled wire dtype."""
         c = self.compiled
         buf = self.buf if isinstance(self.buf, np.ndarray) else np.frombuffer(bytes(self.buf), dtype=np.uint8)
-        counts = np.asarray(self.counts, dtype=np.int64)
-        rec_len = c.wire_dtype.itemsize
-        raw = gather_records(buf, np.asarray(self.starts, dtype=np.int64), counts, rec_len)
-        return raw.view(c.wire_dtype)[:, 0]
+        return gather_records(buf, np.asarray(self.starts, dtype=np.int64), np.asarray(self.counts, dtype=np.int64),
+                              c.wire_dtype)
 
 
 # -- the walk over a batch ----------------------------------------------------------------
@@ -225,7 +224,10 @@ def decode_group(g: SetGroup, state: DecoderState) -> np.ndarray:
         "export_secs": np.repeat(np.fromiter((x.export_secs for x in g.ctxs), np.int64, len(g.ctxs)), counts),
         "uptime_ms": np.repeat(np.fromiter((x.uptime_ms for x in g.ctxs), np.int64, len(g.ctxs)), counts),
     }
-    fill_records(out, wire, g.compiled, ctx0.version, per_set, state.time_secs)
+    for a in range(0, n, CHUNK_RECORDS):          # chunks that stay in cache while ~25 columns are written
+        b = a + CHUNK_RECORDS
+        fill_records(out[a:b], wire[a:b], g.compiled, ctx0.version, {k: v[a:b] for k, v in per_set.items()},
+                     state.time_secs)
     out["peer_src_ip"] = np.frombuffer(ctx0.exporter, dtype=np.uint8)
     out["domain_id"] = ctx0.domain
     out["export_proto_version"] = ctx0.version

@@ -53,15 +53,18 @@ class CounterBook(dict):
         return c
 
 
-@dataclass(frozen=True)
 class SetContext:
-    """What a data set needs from its packet header."""
-    version: int
-    exporter: bytes
-    domain: int
-    arrival_us: int
-    export_secs: int              # v9 unix_secs / IPFIX export time
-    uptime_ms: int                # v9 sysUptime (0 for IPFIX)
+    """What a data set needs from its packet header (a plain slotted class: one per packet)."""
+    __slots__ = ("version", "exporter", "domain", "arrival_us", "export_secs", "uptime_ms")
+
+    def __init__(self, version: int, exporter: bytes, domain: int, arrival_us: int, export_secs: int,
+                 uptime_ms: int) -> None:
+        self.version = version
+        self.exporter = exporter
+        self.domain = domain
+        self.arrival_us = arrival_us
+        self.export_secs = export_secs      # v9 unix_secs / IPFIX export time
+        self.uptime_ms = uptime_ms          # v9 sysUptime (0 for IPFIX)
 
 
 @dataclass

@@ -81,26 +81,30 @@ class CompiledTemplate:
 
 
 def compile_template(template: Template) -> Optional[CompiledTemplate]:
-    """Compile a template; None when it has no decodable record (zero length)."""
-    names, formats, offsets = [], [], []
-    columns: dict[str, tuple[str, int, IeSpec]] = {}
+    """Compile a template; None when it has no decodable record (zero length).
+
+    When an IE occurs several times (e.g. outer and inner headers), the last
+    occurrence is used, as nfacctd does.
+    """
+    chosen: dict[str, tuple[int, int, int, IeSpec]] = {}      # role → (field index, offset, width, spec)
     offset = 0
     v9_scope = template.version == 9 and template.options
     for i, f in enumerate(template.fields):
-        if f.length == VARLEN:
-            continue
-        if f.length == 0:
+        if f.length == VARLEN or f.length == 0:
             continue
         spec = None if (v9_scope and i < template.scope_count) else spec_for(f.ie, f.pen, f.length)
-        if spec is not None and spec.column not in columns:   # the first occurrence wins
-            name = f"f{i}"
-            names.append(name)
-            formats.append(_wire_format(spec, f.length))
-            offsets.append(offset)
-            columns[spec.column] = (name, f.length, spec)
+        if spec is not None:
+            chosen[spec.column] = (i, offset, f.length, spec)
         offset += f.length
     if offset == 0 and not template.has_varlen:
         return None
+    names, formats, offsets = [], [], []
+    columns: dict[str, tuple[str, int, IeSpec]] = {}
+    for role, (i, off, width, spec) in chosen.items():
+        names.append(f"f{i}")
+        formats.append(_wire_format(spec, width))
+        offsets.append(off)
+        columns[role] = (f"f{i}", width, spec)
     wire = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": max(offset, 1)})
     return CompiledTemplate(
         template=template,

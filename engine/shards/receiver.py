@@ -83,7 +83,7 @@ def pcap_batches(path: str, stats: PcapStats, port: Optional[int]) -> Iterator[P
         if port and p.dport != port:
             continue
         pending.append((p.payload, p.src, time.time_ns() // 1000))
-        if len(pending) >= MAX_PACKETS // 8:
+        if len(pending) >= MAX_PACKETS:
             yield PacketBatch.from_packets(pending)
             pending = []
     if pending:
