@@ -37,8 +37,21 @@ def setup_logging(setup: LogSetup) -> None:
     root.setLevel(logging.DEBUG if setup.debug else logging.INFO)
 
 
+def handlers_installed() -> None:
+    """Called by a child once its SIGTERM/SIGUSR1 handlers are in place: signals held back until now arrive."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+
+
+HELD_SIGNALS = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
+
+
 def child_entry(role: str, target: str, log_setup: LogSetup, args: tuple) -> None:
-    """What every shard and plugin process runs first: signals, logging, then `target` ("module:function")."""
+    """What every shard and plugin process runs first: signals, logging, then `target` ("module:function").
+
+    SIGTERM and SIGUSR1/2 are held (blocked) until the target calls handlers_installed(): a stop
+    request that arrives while the child is still importing is delivered, not fatal.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C reaches the whole group; the supervisor coordinates
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     setup_logging(log_setup)

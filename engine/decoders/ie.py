@@ -1,7 +1,7 @@
-"""The information-element table: IANA IE id → canonical record field and how to convert it.
+"""The information-element table (IANA IE id → canonical record field) and the conversion of records.
 
-Only IEs that nfacctd 1.7.7 itself uses for the primitives we carry are mapped;
-the choices below were checked against nfacctd on crafted packets:
+The choices follow what nfacctd 1.7.7 reports for the same packets (each was
+checked by running nfacctd on crafted packets):
 
 - 56/80 (source/destinationMacAddress) fill src/dst mac; 81/57 (post MACs) only
   when the template lacks 56/80.
@@ -20,10 +20,22 @@ the choices below were checked against nfacctd on crafted packets:
   template has 27, else IPv4 when it has 8; with none of these the record has no
   L3 family (family 0, etype 0; nfacctd drops such records, we keep them).
 - Masks (9/13 vs 29/30) and addresses (8/12 vs 27/28) are taken for the record's family.
+- When an IE occurs twice in a template the last occurrence is used (templates.py).
+- Enterprise-specific fields are never mapped (nfacctd ignores them too).
+- Sampling fields are read with nfacctd's widths: 34, 305, 306 only as 4 bytes, 50 as 1-4.
+
+Where we deliberately differ from nfacctd 1.7.7:
+- tcpControlBits (6) of 2 bytes keeps its low 8 bits (nfacctd reports 0).
+- Counters (1, 2, …) of any width 1-8 (nfacctd: only 4 or 8 bytes, else 0).
+- 154-157 (NTP µs/ns timestamps) are used, after the forms nfacctd knows (it ignores them).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
+
+from ..schema import IPV4_MAPPED_PREFIX
 
 
 @dataclass(frozen=True)
@@ -104,13 +116,10 @@ _ROLES = [
     IeSpec(305, "samplingPacketInterval", "uint", "sampling:packet_interval", (4,)),
     IeSpec(306, "samplingPacketSpace", "uint", "sampling:packet_space", (4,)),
     IeSpec(48, "samplerId", "uint", "sampling:sampler_id"),
-    IeSpec(302, "selectorId", "uint", "sampling:selector_id"),
+    IeSpec(302, "selectorId", "uint", "sampling:selector_id"),          # a sampler id only as 8 bytes
 ]
 
 IE_TABLE: dict[int, IeSpec] = {s.ie: s for s in _PLAIN + _ROLES}
-
-# IEs read from options data records (sampling information).
-OPTIONS_IES = {34, 48, 50, 302, 305, 306}
 
 # Where IPFIX NTP timestamps start (1900-01-01) relative to the Unix epoch, in seconds.
 NTP_EPOCH_OFFSET = 2_208_988_800
@@ -129,10 +138,6 @@ def spec_for(ie: int, pen: int, length: int) -> IeSpec | None:
 
 
 # -- conversion helpers shared by the decoders ---------------------------------------------
-
-import numpy as np  # noqa: E402
-
-from ..schema import IPV4_MAPPED_PREFIX  # noqa: E402
 
 _MAPPED = np.frombuffer(IPV4_MAPPED_PREFIX, dtype=np.uint8)
 
@@ -186,7 +191,6 @@ def ipv4_mapped(col: np.ndarray) -> np.ndarray:
 # -- wire records → canonical records ------------------------------------------------------------
 
 _PLAIN_COLUMNS = {s.column: s for s in _PLAIN}
-TIME_FALLBACK = "export"          # no usable time field: start = export time, end = 0 (as nfacctd)
 
 
 def fill_records(out: np.ndarray, wire: np.ndarray, compiled, version: int, per_record: dict,

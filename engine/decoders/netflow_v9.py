@@ -20,7 +20,6 @@ import numpy as np
 
 from ..schema import RECORD_DTYPE
 from .ie import fill_records, gather_records, uint_values
-
 from .state import CounterBook, DecoderState, SetContext, TemplateKey, template_message
 from .messages import BusMessage, sampling_message
 from .templates import (IPFIX_OPTIONS_SET, IPFIX_TEMPLATE_SET, MIN_DATA_SET_ID, V9_OPTIONS_SET,
@@ -80,11 +79,19 @@ class TemplatePacketDecoder:
         mv = memoryview(buf)
         for off, length, exp, arr in zip(offsets.tolist(), lengths.tolist(), map(bytes, exporters),
                                          arrival_us.tolist()):
-            self.walk_packet(buf, mv, off, length, exp, arr)
+            try:
+                self.walk_packet(buf, mv, off, length, exp, arr)
+            except (struct.error, ValueError, IndexError, TypeError):   # defensive: never kill a shard
+                self.counters[exp].decode_errors += 1
         out = self.records
         for g in list(self.groups.values()) + list(self.compact.values()):
-            out.append(decode_group(g, self.state))
-            self.counters[g.key[0]].flows += len(out[-1])
+            try:
+                recs = decode_group(g, self.state)
+            except (ValueError, IndexError, TypeError):                 # defensive: never kill a shard
+                self.counters[g.key[0]].decode_errors += len(g.counts)
+                continue
+            out.append(recs)
+            self.counters[g.key[0]].flows += len(recs)
         return out
 
     def walk_packet(self, buf: np.ndarray, mv: memoryview, off: int, length: int, exporter: bytes,
@@ -277,46 +284,47 @@ def _lookup(table: dict, sids: Optional[np.ndarray], n: int) -> np.ndarray:
 # -- options data: sampling information -------------------------------------------------
 
 def learn_options(g: SetGroup, state: DecoderState, counters: CounterBook, learnt: list[BusMessage]) -> None:
-    """Options records of one set → per-exporter sampling table (nfacctd's rules, see ie.py)."""
+    """Options records of one set → the exporter's sampling table, by nfacctd's rules:
+
+    rate = samplerRandomInterval (50), else (packetInterval + packetSpace) // packetInterval
+    (305/306), else samplingInterval (34).  With a sampler id (48, or an 8-byte 302) the rate
+    is stored for that id (IPFIX: also as the exporter's rate, id 0); without one, only
+    records carrying 34 or 305+306 set the exporter's rate.
+    """
     counts = np.asarray(g.counts, dtype=np.int64)
     n = int(counts.sum())
     exporter = g.key[0]
     counters[exporter].options_records += n
-    if n == 0:
-        return
     cols = g.compiled.columns
-
-    def col(role: str) -> Optional[np.ndarray]:
-        return uint_values(wire[cols[role][0]]) if role in cols else None
-
-    if not any(r in cols for r in ("sampling:interval", "sampling:random_interval", "sampling:packet_interval")):
+    if n == 0 or not any(r in cols for r in ("sampling:interval", "sampling:random_interval",
+                                             "sampling:packet_interval")):
         return
     wire = g.wire_records()
+
+    def col(role: Optional[str]) -> Optional[np.ndarray]:
+        return uint_values(wire[cols[role][0]]) if role in cols else None
+
     interval, random_interval = col("sampling:interval"), col("sampling:random_interval")
     pkt_interval, pkt_space = col("sampling:packet_interval"), col("sampling:packet_space")
-    sid_col = _sampler_id_column(cols)
-    sids = col(sid_col) if sid_col else None
-    rate, has_rate = None, np.zeros(n, dtype=bool)
+    has_packet_rate = pkt_interval is not None and pkt_space is not None
     if random_interval is not None:
-        rate, has_rate = random_interval, np.ones(n, dtype=bool)
-    elif pkt_interval is not None and pkt_space is not None:
+        rate = random_interval
+    elif has_packet_rate:
         rate = np.where(pkt_interval > 0, (pkt_interval + pkt_space) // np.maximum(pkt_interval, 1), 0)
-        has_rate = np.ones(n, dtype=bool)
     elif interval is not None:
-        rate, has_rate = interval, np.ones(n, dtype=bool)
-    if rate is None:
+        rate = interval
+    else:
         return
-    # without a sampler id, a record needs samplingInterval (or packet interval+space) to count
-    global_ok = interval is not None or (pkt_interval is not None and pkt_space is not None)
+    sids = col(_sampler_id_column(cols))
+    exporter_wide_ok = interval is not None or has_packet_rate
     updates: dict[int, int] = {}
     version = g.ctxs[0].version
-    for i in range(n):                       # slow path: options records are few
-        r = int(rate[i])
+    for i, r in enumerate(rate.tolist()):    # slow path: options records are few
         if sids is not None:
             updates[int(sids[i])] = r
             if version == 10:                # IPFIX: a sampler's rate also becomes the exporter's
                 updates[0] = r
-        elif global_ok:
+        elif exporter_wide_ok:
             updates[0] = r
     for sid, r in updates.items():
         if state.set_sampling(exporter, sid, r):
@@ -357,37 +365,46 @@ def compact_varlen_records(body, compiled: CompiledTemplate) -> tuple[bytes, int
 
     Returns (compacted records of compiled.wire_dtype.itemsize bytes each, record count,
     whether the set was well-formed).  Trailing padding (fewer bytes than the smallest
-    record, or only zero bytes shorter than 4) ends the set.
+    possible record, RFC 7011 3.3.1) ends the set.
     """
     body = bytes(body)
-    lengths = compiled.field_lengths
-    itemsize = compiled.wire_dtype.itemsize
-    fixed_sum = sum(l for l in lengths if l != VARLEN)
-    pad = bytes(itemsize - fixed_sum)
+    plan = _varlen_plan(compiled.field_lengths)          # runs of fixed bytes (> 0) and varlen fields (0)
+    pad = bytes(compiled.wire_dtype.itemsize - sum(plan))
     min_len = compiled.template.min_record_length
     out = bytearray()
     pos, end, count = 0, len(body), 0
     while end - pos >= min_len and end > pos:
-        if end - pos < 4 and not any(body[pos:]):
-            break
-        for length in lengths:
-            if length == VARLEN:
+        start_out = len(out)
+        for run in plan:
+            if run:
+                out += body[pos:pos + run]
+                pos += run
+            else:
                 if pos >= end:
-                    return bytes(out), count, False
+                    pos = end + 1
+                    break
                 length = body[pos]
                 pos += 1
                 if length == 255:
-                    if pos + 2 > end:
-                        return bytes(out), count, False
-                    length = (body[pos] << 8) | body[pos + 1]
+                    length = int.from_bytes(body[pos:pos + 2], "big") if pos + 2 <= end else end
                     pos += 2
                 pos += length
-            else:
-                out += body[pos:pos + length]
-                pos += length
-            if pos > end:
-                del out[count * itemsize:]
-                return bytes(out), count, False
+        if pos > end:                                   # the record runs past the set
+            del out[start_out:]
+            return bytes(out), count, False
         out += pad
         count += 1
     return bytes(out), count, True
+
+
+def _varlen_plan(lengths: tuple[int, ...]) -> list[int]:
+    """Field lengths with consecutive fixed fields merged; 0 marks a variable-length field."""
+    plan: list[int] = []
+    for length in lengths:
+        if length == VARLEN:
+            plan.append(0)
+        elif plan and plan[-1]:
+            plan[-1] += length
+        elif length:
+            plan.append(length)
+    return plan

@@ -18,8 +18,8 @@ import numpy as np
 from ..schema import RECORD_DTYPE
 from .messages import (KIND_SAMPLING, KIND_TEMPLATE, BusMessage, make_key, parse_key, sampling_message,
                        sampling_rate_from)
-from .templates import CompiledTemplate, Template, TemplateError, compile_template, template_from_bytes, \
-    template_to_bytes
+from .templates import (CompiledTemplate, Template, TemplateError, compile_template, template_from_bytes,
+                        template_to_bytes)
 
 TemplateKey = tuple[bytes, int, int]          # (exporter16, domain, template id)
 EMPTY_TABLE: dict[int, int] = {}

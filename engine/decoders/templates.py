@@ -63,10 +63,10 @@ class CompiledTemplate:
     """A template compiled for vectorised decoding."""
     template: Template
     wire_dtype: np.dtype                     # one record (fixed fields only for varlen templates)
-    columns: dict[str, tuple[str, int, IeSpec]] = field(default_factory=dict)   # role/column → (dtype name, width, spec)
+    # role or record column → (name of the field in wire_dtype, width on the wire, IeSpec)
+    columns: dict[str, tuple[str, int, IeSpec]] = field(default_factory=dict)
     record_length: int = 0                   # bytes per record on the wire; 0 when varlen
     field_lengths: tuple[int, ...] = ()      # wire lengths, for the varlen slow path
-    fixed_mask: tuple[bool, ...] = ()        # which wire fields are kept by the slow path
 
     @property
     def options(self) -> bool:
@@ -75,9 +75,6 @@ class CompiledTemplate:
     @property
     def varlen(self) -> bool:
         return self.record_length == 0
-
-    def has(self, column: str) -> bool:
-        return column in self.columns
 
 
 def compile_template(template: Template) -> Optional[CompiledTemplate]:
@@ -112,7 +109,6 @@ def compile_template(template: Template) -> Optional[CompiledTemplate]:
         columns=columns,
         record_length=0 if template.has_varlen else offset,
         field_lengths=tuple(f.length for f in template.fields),
-        fixed_mask=tuple(f.length != VARLEN for f in template.fields),
     )
 
 

@@ -17,6 +17,7 @@ import time
 from typing import Optional
 
 from ..config.tree import CoreConfig, PluginConfig
+from ..proc import handlers_installed
 from .aggregate import Aggregator
 
 IDLE_SLEEP = 0.02           # seconds to sleep when every ring is empty
@@ -179,6 +180,7 @@ def plugin_main(plugin: PluginConfig, core: CoreConfig, ring_names: list[str],
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGUSR1, on_usr1)
+    handlers_installed()
     log.info("%s plugin %s started: aggregate %s, refresh %ds, %d ring(s)", plugin.type, plugin.name,
              ", ".join(plugin.aggregate), plugin.refresh_time, len(rings))
     loop.run()

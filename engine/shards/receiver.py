@@ -22,6 +22,7 @@ from ..decoders.batch import PacketBatch
 from ..ipc.ring import Ring
 from ..ipc.template_bus import BusClient, BusEndpoints
 from ..pcap import PcapStats, iter_udp
+from ..proc import handlers_installed
 from .sockets import AddressCache, kernel_drops, open_udp
 from .stats import ShardStats
 
@@ -218,6 +219,7 @@ def shard_main(shard_id: int, core: CoreConfig, listener: Optional[Listener], ri
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGUSR1, lambda *_: shard.stats.log_summary(log))
+    handlers_installed()
     try:
         shard.bus_snapshot()
         if core.pcap_savefile:
