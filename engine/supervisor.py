@@ -23,7 +23,7 @@ from .config.tree import Config, Listener
 from .ipc.ring import Ring, cleanup_stale, ring_name
 from .ipc.template_bus import TemplateBus
 from .plugins import resolve_plugin
-from .proc import EXIT_CONFIG, LogSetup, child_entry
+from .proc import EXIT_CONFIG, HELD_SIGNALS, LogSetup, child_entry
 from .schema import RECORD_DTYPE
 
 log = logging.getLogger("pmengine.core")
@@ -107,7 +107,12 @@ class Supervisor:
     def start_child(self, child: Child) -> None:
         proc = self.ctx.Process(target=child_entry, name=f"pmengine: {child.name}",
                                 args=(child.role, child.target, self.log_setup, child.args), daemon=False)
-        proc.start()
+        # the new process inherits this mask: a SIGTERM sent while it is still starting waits for its handler
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         child.process, child.started = proc, time.monotonic()
         log.info("started %s (pid %d)", child.name, proc.pid)
 

@@ -12,6 +12,7 @@ import io
 import json
 from pathlib import Path
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from conftest import CAPTURES, NFACCTD, captures_or_skip, run_nfacctd_pcap, run_pmengine_pcap
 
 # nfacctd spends ~4 s idle at exit after a pcap; the reference runs go in parallel, once per session.
-REFERENCE_WORKERS = 16
+REFERENCE_WORKERS = 8
 
 def data_before_template() -> set[str]:
     """Captures where MANIFEST.md (tshark, one pass) notes data sets that precede their template."""
@@ -40,9 +41,10 @@ DECODES_MORE = {
 }
 # Captures where only the totals are compared, and why.
 TOTALS_ONLY = {
-    # A First of 0xFFFFFFFF (softflowd: "just before boot") lands 2^32 ms in the future in nfacctd's
-    # time bins; pmengine's uptime arithmetic (32-bit, as nfacctd does for crafted v5 packets) puts it
-    # 3 s before the export time. Not reconciled yet: same flows, different stamp_inserted.
+    # Two flows with First = 0xFFFFFFFF (softflowd: "just before boot"): nfacctd and pmengine agree on
+    # their timestamp_start (export time - 3 s, checked with aggregate timestamp_start), but nfacctd's
+    # time-bin assignment puts them 2^32 ms later (stamp_inserted 2015-06-21 11:40 instead of
+    # 2015-05-02 18:35). An nfacctd quirk we do not reproduce: same flows, different stamp_inserted.
     "netflow_v5/logstash-codec-netflow/softflowd.wrapped.pcap": "stamp_inserted of a First after sysUptime",
     # interleaved IPv4/IPv6 fields: nfacctd mixes the two families up (its rows carry IPv6 addresses
     # on IPv4 flows); pmengine decodes each record's own family (checked against tshark in test_corpus).
@@ -140,22 +142,44 @@ def assert_superset(reference: Path, ours: Path, what: str) -> None:
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> dict[str, Path]:
-    """nfacctd's output folder for every capture of the corpus, computed in parallel."""
+    """nfacctd's output folder for every capture of the corpus, computed in parallel.
+
+    nfacctd's print writers are forked and may outlive its core, and on a loaded machine a plugin
+    that starts late misses records: each run is accepted only when all four plugins logged their
+    purge and agree on the packet total, else it is run again (at most 3 times).
+    """
     captures_or_skip()
     if NFACCTD is None:
         pytest.skip("nfacctd (Debian package pmacct) is not installed")
     root = tmp_path_factory.mktemp("nfacctd")
-    folders = {}
-    for i, capture in enumerate(corpus()):
-        folders[capture] = root / f"c{i}"
-        folders[capture].mkdir()
+    folders: dict[str, Path] = {}
 
     def run(capture: str) -> None:
-        run_nfacctd_pcap(config(CAPTURES / capture, folders[capture]), folders[capture])
+        for attempt in range(3):
+            folder = root / f"c{corpus().index(capture)}-{attempt}"
+            folder.mkdir()
+            proc = run_nfacctd_pcap(config(CAPTURES / capture, folder), folder)
+            if reference_complete(folder, proc.stderr):
+                folders[capture] = folder
+                return
+        raise AssertionError(f"nfacctd gave inconsistent output three times on {capture}")
 
     with ThreadPoolExecutor(REFERENCE_WORKERS) as pool:
-        list(pool.map(run, folders))
+        list(pool.map(run, corpus()))
     return folders
+
+
+def reference_complete(folder: Path, log: str) -> bool:
+    names = [f"{agg}_{fmt}" for agg in AGGREGATES for fmt in ("json", "csv")]
+    if not all(f"( {n}/print ): *** Purging cache - END" in log for n in names):
+        return False
+    time.sleep(0.3)           # forked writers may still be flushing their files
+    sums = set()
+    for agg in AGGREGATES:
+        sums.add(totals(folder / f"{agg}_json.json")[0])
+        header, rows = csv_rows(folder / f"{agg}_csv.csv")
+        sums.add(sum(int(r[header.index("PACKETS")]) for r in rows) if rows else 0)
+    return len(sums) == 1
 
 
 @pytest.mark.parametrize("capture", corpus())
