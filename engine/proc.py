@@ -37,9 +37,19 @@ def setup_logging(setup: LogSetup) -> None:
     root.setLevel(logging.DEBUG if setup.debug else logging.INFO)
 
 
+READY_DIR_ENV = "PMENGINE_READY_DIR"
+
+
 def handlers_installed() -> None:
-    """Called by a child once its SIGTERM/SIGUSR1 handlers are in place: signals held back until now arrive."""
+    """Called by a child once its SIGTERM/SIGUSR1 handlers are in place: signals held back until now
+    arrive, and the supervisor learns (a file named by our pid) that a SIGTERM is now safe to send."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+    folder = os.environ.get(READY_DIR_ENV)
+    if folder:
+        try:
+            open(os.path.join(folder, str(os.getpid())), "w").close()
+        except OSError:
+            pass
 
 
 HELD_SIGNALS = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}

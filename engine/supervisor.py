@@ -23,7 +23,7 @@ from .config.tree import Config, Listener
 from .ipc.ring import Ring, cleanup_stale, ring_name
 from .ipc.template_bus import TemplateBus
 from .plugins import resolve_plugin
-from .proc import EXIT_CONFIG, HELD_SIGNALS, LogSetup, child_entry
+from .proc import EXIT_CONFIG, HELD_SIGNALS, READY_DIR_ENV, LogSetup, child_entry
 from .schema import RECORD_DTYPE
 
 log = logging.getLogger("pmengine.core")
@@ -74,6 +74,8 @@ class Supervisor:
         self.runtime_dir = tempfile.mkdtemp(prefix=f"pmengine-{self.run_id}-")
         os.chmod(self.runtime_dir, 0o700)
         os.makedirs(os.path.join(self.runtime_dir, "stats"), mode=0o700)
+        os.makedirs(os.path.join(self.runtime_dir, "ready"), mode=0o700)
+        os.environ[READY_DIR_ENV] = os.path.join(self.runtime_dir, "ready")
         core = self.config.core
         if core.pcap_savefile:
             self.shards = 1
@@ -215,7 +217,17 @@ class Supervisor:
             self.cleanup()
         return self.exit_code
 
+    def wait_ready(self, role: str, timeout: float = 30.0) -> None:
+        """Wait until every live child of `role` has its signal handlers (it is still starting otherwise)."""
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            while (child.role == role and child.process is not None and child.process.is_alive()
+                   and not os.path.exists(os.path.join(self.runtime_dir, "ready", str(child.process.pid)))
+                   and time.monotonic() < deadline):
+                time.sleep(0.02)
+
     def _stop_role(self, role: str, timeout: float) -> None:
+        self.wait_ready(role)
         self.signal_children(signal.SIGTERM, role)
         deadline = time.monotonic() + timeout
         for child in self.children:
