@@ -1,4 +1,4 @@
-"""`pmengine` command line: start (foreground or -D), --check, stop, status."""
+"""`pmengine` command line: start (foreground or -D), --check, stop, status, client (the pmacct query client)."""
 from __future__ import annotations
 
 import argparse
@@ -143,6 +143,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["client"]:          # `pmengine client ...`: the pmacct query client, its own switches
+        from .client.cli import main as client_main
+        return client_main(argv[1:])
     parser = argparse.ArgumentParser(prog="pmengine", description="pmacct-class NetFlow/IPFIX collector")
     parser.add_argument("--version", action="version", version=f"pmengine {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

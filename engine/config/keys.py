@@ -6,8 +6,10 @@ which field(s) of the typed tree (engine/config/tree.py) it fills.  The parser
 (engine/config/parser.py) is generic over this table; nothing else in the
 package knows pmacct key names.
 
-Value parsers are pure functions `text -> value` that raise ValueError with a
-message saying what is wrong with the value; the parser adds key and line.
+The table is assembled here from sections: core and print keys below, and one
+module per plugin type / listener (keys_sflow, keys_memory, keys_sql,
+keys_kafka), each holding its rows beside the dataclass of typed options its
+keys fill.  Value parsers and the `Key` row type are in engine/config/values.py.
 
 Also here: every key that pmacct 1.7.7 documents (CONFIG-KEYS), every
 aggregation primitive and plugin type it has, so that "pmacct has it, we do
@@ -15,132 +17,18 @@ not yet" is told apart from a typo.
 """
 from __future__ import annotations
 
-import ipaddress
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
 
+from engine.config.values import (  # noqa: F401  (re-exported: the table's vocabulary)
+    GLOBAL, PLUGIN, PRINT_OUTPUTS, PRINT_OUTPUTS_NOT_YET, Key, format_bool, format_list, format_plugins,
+    format_separator, int_range, parse_bool, parse_history, parse_ip, parse_latest_file, parse_port,
+    parse_print_output, parse_roundoff, parse_separator, parse_text, positive_int, socket_bytes,
+)
+from engine.config.keys_kafka import KAFKA_KEYS, KafkaOptions
+from engine.config.keys_memory import MEMORY_KEYS, MemoryOptions
+from engine.config.keys_sflow import SFLOW_KEYS
+from engine.config.keys_sql import SQL_KEYS, SqlOptions
 from engine.schema import PRIMITIVES
-
-GLOBAL = "global"
-PLUGIN = "plugin"
-
-
-# --------------------------------------------------------------------------- value parsers
-
-def parse_bool(text: str) -> bool:
-    """pmacct booleans: true | false (case-insensitive; 1/0/yes are rejected, as nfacctd does)."""
-    low = text.lower()
-    if low == "true":
-        return True
-    if low == "false":
-        return False
-    raise ValueError(f"bad boolean {text!r} (expected true or false)")
-
-
-def _digits(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,20}", text):
-        raise ValueError(f"bad integer {text!r}")
-    return int(text)
-
-
-def int_range(low: int, high: int) -> Callable[[str], int]:
-    """A parser for decimal integers in [low, high] (no sign, no unit suffix, as pmacct)."""
-    def parse_int(text: str) -> int:
-        value = _digits(text)
-        if not low <= value <= high:
-            raise ValueError(f"bad value {text!r}: must be in the range {low}-{high}")
-        return value
-    return parse_int
-
-
-positive_int = int_range(1, 2**63 - 1)
-socket_bytes = int_range(1, 2**31 - 1)      # SO_RCVBUF is a C int
-
-
-def parse_port(text: str) -> int:
-    """A UDP port 0..65535 (0: let the kernel pick one, for tests)."""
-    value = _digits(text)
-    if value > 65535:
-        raise ValueError(f"bad port {text!r}: must be in the range 0-65535")
-    return value
-
-
-def parse_ip(text: str) -> str:
-    """An IPv4 or IPv6 address, returned in canonical text form."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise ValueError(f"bad IP address {text!r}") from None
-
-
-def parse_text(text: str) -> str:
-    """Any non-empty text (paths: kept as written, strftime and $vars included)."""
-    return text
-
-
-def parse_latest_file(text: str) -> str:
-    """print_latest_file: a path; pmacct forbids time-based (%) variables in it."""
-    if "%" in text:
-        raise ValueError(f"bad value {text!r}: time-based variables (%) are not allowed")
-    return text
-
-
-PRINT_OUTPUTS = ("formatted", "csv", "json")
-PRINT_OUTPUTS_NOT_YET = ("event_formatted", "event_csv", "avro", "avro_json", "custom")
-
-
-def parse_print_output(text: str) -> str:
-    low = text.lower()
-    if low in PRINT_OUTPUTS:
-        return low
-    if low in PRINT_OUTPUTS_NOT_YET:
-        raise ValueError(f"print_output {low!r} is not implemented yet (supported: {', '.join(PRINT_OUTPUTS)})")
-    raise ValueError(f"bad print_output {text!r} (expected one of: {', '.join(PRINT_OUTPUTS)})")
-
-
-def parse_separator(text: str) -> str:
-    r"""One character, or the escapes \t (tab) and \s (space)."""
-    escapes = {"\\t": "\t", "\\s": " "}
-    if text in escapes:
-        return escapes[text]
-    if len(text) != 1:
-        raise ValueError(f"bad separator {text!r}: one character, \\t or \\s expected")
-    return text
-
-
-HISTORY_UNIT_SECS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "M": 30 * 86400}
-
-
-def parse_history(text: str) -> tuple[str, int]:
-    """print_history: N[s|m|h|d|w|M] -> (as written, seconds).
-
-    A bare number is seconds; seconds must be whole minutes (pmacct's finest
-    bin is one minute).  Months are calendar months: the plugin aligns them
-    with the text; the seconds are a nominal 30 days per month.
-    """
-    match = re.fullmatch(r"([0-9]{1,9})([smhdwM]?)", text)
-    if not match:
-        raise ValueError(f"bad history period {text!r} (expected N followed by one of s, m, h, d, w, M)")
-    count, unit = int(match.group(1)), match.group(2) or "s"
-    if count <= 0:
-        raise ValueError(f"bad history period {text!r}: must be greater than 0")
-    if unit == "s":
-        if count % 60:
-            raise ValueError(f"bad history period {text!r}: seconds must be a whole number of minutes")
-        return text, count
-    return text, count * HISTORY_UNIT_SECS[unit]
-
-
-def parse_roundoff(text: str) -> str:
-    """print_history_roundoff: a subset of m, h, d, w, M ('w' excludes 'd' and 'M')."""
-    letters = text.replace(",", "").replace(" ", "")
-    bad = sorted(set(letters) - set("mhdwM"))
-    if not letters or bad:
-        raise ValueError(f"bad roundoff {text!r} (expected letters among m, h, d, w, M)")
-    if "w" in letters and ("d" in letters or "M" in letters):
-        raise ValueError(f"bad roundoff {text!r}: 'w' cannot be combined with 'd' or 'M'")
-    return "".join(ch for ch in "mhdwM" if ch in letters)
 
 
 # pmacct primitives that select a counter, not a key: `aggregate: flows` adds the FLOWS column.
@@ -166,8 +54,8 @@ def parse_aggregate(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-PLUGIN_TYPES = ("print",)
-PLUGIN_TYPES_NOT_YET = ("memory", "pgsql", "mysql", "sqlite3", "kafka", "amqp", "nfprobe", "sfprobe", "tee")
+PLUGIN_TYPES = ("print", "memory", "pgsql", "kafka")
+PLUGIN_TYPES_NOT_YET = ("mysql", "sqlite3", "amqp", "nfprobe", "sfprobe", "tee")
 DEFAULT_PLUGIN_NAME = "default"
 _PLUGIN_ITEM = re.compile(r"([A-Za-z0-9_]+)\s*(?:\[\s*([^\]]*?)\s*\])?")
 _PLUGIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -196,41 +84,11 @@ def parse_plugins(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(plugins)
 
 
-# --------------------------------------------------------------------------- value formatters (for describe)
-
-def format_bool(value: bool) -> str:
-    return "true" if value else "false"
-
-
-def format_separator(value: str) -> str:
-    return {"\t": "\\t", " ": "\\s"}.get(value, value)
-
-
-def format_list(value) -> str:
-    return ", ".join(value)
-
-
-def format_plugins(value) -> str:
-    return ", ".join(f"{kind}[{name}]" for kind, name in value)
-
-
 # --------------------------------------------------------------------------- the table
-
-@dataclass(frozen=True)
-class Key:
-    name: str                              # pmacct key, lower case
-    parse: Callable[[str], Any]            # value text -> value (raises ValueError)
-    scope: str                             # GLOBAL (core) or PLUGIN (may be `key[name]`)
-    default: Any                           # value when the key is not set anywhere
-    target: tuple[str, ...]                # tree fields: "core.x", "listener.x", "plugin.x", or "plugins"
-    plugin_types: Optional[tuple[str, ...]] = None   # plugin keys: types they apply to (None: all)
-    format: Callable[[Any], str] = str     # value -> text that parses back to it
-    doc: str = ""
-
 
 _PRINT = ("print",)
 
-KEY_TABLE: tuple[Key, ...] = (
+CORE_AND_PRINT_KEYS: tuple[Key, ...] = (
     # core
     Key("daemonize", parse_bool, GLOBAL, False, ("core.daemonize",), format=format_bool),
     Key("logfile", parse_text, GLOBAL, None, ("core.logfile",)),
@@ -275,6 +133,13 @@ KEY_TABLE: tuple[Key, ...] = (
     Key("print_write_empty_file", parse_bool, PLUGIN, False, ("plugin.write_empty_file",), _PRINT,
         format=format_bool),
 )
+
+# The one table: core, print and the sections of the other plugin types / the sFlow listener, each kept
+# beside the typed options it fills (engine/config/keys_*.py).
+KEY_TABLE: tuple[Key, ...] = CORE_AND_PRINT_KEYS + SFLOW_KEYS + MEMORY_KEYS + SQL_KEYS + KAFKA_KEYS
+
+# Plugin type -> the dataclass of its own options (PluginConfig.options; keys target "options.<field>").
+PLUGIN_OPTIONS: dict[str, type] = {"memory": MemoryOptions, "pgsql": SqlOptions, "kafka": KafkaOptions}
 
 KEYS: dict[str, Key] = {key.name: key for key in KEY_TABLE}
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from engine.config.keys import (
-    CONFIG_FILE_KEY, GLOBAL, KEY_TABLE, KEYS, PMACCT_KEYS, Key,
+    CONFIG_FILE_KEY, GLOBAL, KEY_TABLE, KEYS, PLUGIN_OPTIONS, PMACCT_KEYS, Key,
 )
 from engine.config.tree import Config, CoreConfig, Listener, PluginConfig
 
@@ -169,12 +169,14 @@ def build_config(settings: list[Setting], source: Optional[str] = None) -> Confi
     plugins: list[PluginConfig] = []
     for kind, name in declared:
         plugin = PluginConfig(name=name, type=kind)
+        if kind in PLUGIN_OPTIONS:
+            plugin.options = PLUGIN_OPTIONS[kind]()
         for key in KEY_TABLE:
             if key.scope == GLOBAL or (key.plugin_types is not None and kind not in key.plugin_types):
                 continue
             candidates = [s for s in by_key.get(key.name, []) if s.plugin in (None, name)]
             won = chosen[(name, key.name)] = _winner(candidates)
-            _assign(key, won.value if won else key.default, {"plugin": plugin})
+            _assign(key, won.value if won else key.default, {"plugin": plugin, "options": plugin.options})
         plugins.append(plugin)
 
     _check_listener(listener, chosen)
@@ -191,6 +193,15 @@ def _check_listener(listener: Listener, chosen: dict) -> None:
 
 
 def _check_plugin(plugin: PluginConfig, chosen: dict) -> None:
+    validate = getattr(plugin.options, "validate", None)
+    if validate is not None:
+        problem = validate(plugin)          # None, or (key name, message) of a combination that cannot work
+        if problem is not None:
+            name, message = problem
+            setting = chosen.get((plugin.name, name))
+            if setting is None:
+                raise ConfigError(f"plugin '{plugin.name}': {message}", name)
+            raise setting.error(f"plugin '{plugin.name}': {message}")
     if plugin.buffer_size > plugin.pipe_size:
         setting = chosen[(plugin.name, "plugin_buffer_size")] or chosen[(plugin.name, "plugin_pipe_size")]
         raise setting.error(f"plugin '{plugin.name}': plugin_buffer_size ({plugin.buffer_size}) must not "
@@ -256,7 +267,8 @@ def describe_config(cfg: Config) -> str:
         for key in KEY_TABLE:
             if key.scope == GLOBAL or (key.plugin_types is not None and plugin.type not in key.plugin_types):
                 continue
-            _describe_line(lines, key, f"{key.name}[{plugin.name}]", _tree_value(key, {"plugin": plugin}))
+            _describe_line(lines, key, f"{key.name}[{plugin.name}]",
+                           _tree_value(key, {"plugin": plugin, "options": plugin.options}))
     return "\n".join(lines) + "\n"
 
 

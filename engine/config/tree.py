@@ -6,7 +6,7 @@ hands these objects to shard and plugin processes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 
 @dataclass
@@ -42,6 +42,7 @@ class PluginConfig:
     timestamps_utc: bool = False
     timestamps_secs: bool = False
     extra: dict = field(default_factory=dict)   # other keys of this plugin, parsed, for plugin types added later
+    options: Any = None                    # the type's own typed options (keys_memory.MemoryOptions, ...), or None
 
 
 @dataclass

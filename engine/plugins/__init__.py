@@ -11,10 +11,15 @@ from typing import Callable
 
 PLUGIN_TYPES: dict[str, str] = {
     "print": "engine.plugins.runner:plugin_main",
+    "memory": "engine.plugins.memory.plugin:memory_main",
+    "pgsql": "engine.plugins.runner:plugin_main",
+    "kafka": "engine.plugins.runner:plugin_main",
 }
 
 WRITERS: dict[str, str] = {
     "print": "engine.plugins.print_plugin:PrintWriter",
+    "pgsql": "engine.plugins.pgsql.writer:PgsqlWriter",
+    "kafka": "engine.plugins.kafka.writer:KafkaWriter",
 }
 
 

@@ -88,6 +88,19 @@ class PluginLoop:
         elapsed = str(int(time.time() - started)) if len(rows) else "X"
         self.log.info("*** Purging cache - END (PID: %d, QN: %d/%d, ET: %s) ***", pid, written, len(rows), elapsed)
 
+    def poll_writer(self) -> None:
+        """Give the writer a turn between purges (retries, delivery reports), if it wants one.
+
+        A writer's poll() must return quickly (no blocking I/O): the loop must keep draining the rings.
+        """
+        poll = getattr(self.writer, "poll", None)
+        if poll is None:
+            return
+        try:
+            poll()
+        except Exception as e:          # a sink problem must not kill the plugin
+            self.log.error("writer poll failed: %s", e, exc_info=True)
+
     def counters(self) -> dict:
         rings = {}
         for ring in self.rings:
@@ -102,7 +115,19 @@ class PluginLoop:
             "rows_written": getattr(self.writer, "rows_written", 0),
             "write_errors": getattr(self.writer, "write_errors", 0),
             "hash_collisions": self.aggregator.collisions, "rings": rings,
+            "writer": self._writer_counters(),
         }
+
+    def _writer_counters(self) -> dict:
+        """The writer's own counters (sink failures, buffered rows, deliveries...), when it has any."""
+        counters = getattr(self.writer, "counters", None)
+        if counters is None:
+            return {}
+        try:
+            return dict(counters())
+        except Exception as e:          # counters are diagnostics: never fatal
+            self.log.warning("writer counters: %s", e)
+            return {}
 
     def save_stats(self) -> None:
         if not self.stats_path:
@@ -130,6 +155,7 @@ class PluginLoop:
             self.purge()
             return False
         got = self.drain_once()
+        self.poll_writer()
         now = time.time()
         if now >= self.next_purge:
             self.purge()
