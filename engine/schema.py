@@ -72,6 +72,9 @@ FIELDS: tuple[Field, ...] = (
     Field("tcp_flags", "u1", "tcpflags", "tcp_flags", "TCP_FLAGS", "flags"),
     Field("family", "u1", None, None, None, "internal", "4, 6, or 0 when no L3 address"),
     Field("direction", "u1", None, None, None, "internal", "IE 61 flowDirection (0 ingress, 1 egress)"),
+    Field("peer_dst_missing", "u1", None, None, None, "internal",
+          "1: the export had no BGP next hop (sFlow sample without extended gateway): peer_dst_ip prints as "
+          "absent whatever the flow family (0, NetFlow: an IPv6 flow's next hop prints as IPv6 text)"),
 )
 
 FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}

@@ -79,13 +79,15 @@ class Supervisor:
         core = self.config.core
         if core.pcap_savefile:
             self.shards = 1
+        listeners = core.listeners or [Listener()]
+        total = self.shards * len(listeners)      # N shards per listener; shard i serves listeners[i // N]
         self.bus = TemplateBus(self.runtime_dir, persist_path=core.templates_file)
         self.bus.start()
-        ring_names: dict[int, list[str]] = {i: [] for i in range(self.shards)}
+        ring_names: dict[int, list[str]] = {i: [] for i in range(total)}
         plugin_rings: dict[str, list[str]] = {p.name: [] for p in self.config.plugins}
         for p in self.config.plugins:
             capacity = max(1024, p.pipe_size // RECORD_DTYPE.itemsize)
-            for i in range(self.shards):
+            for i in range(total):
                 ring = Ring.create(ring_name(f"{SHM_PREFIX}{self.run_id}", i, p.name), capacity)
                 self.rings.append(ring)
                 ring_names[i].append(ring.name)
@@ -94,9 +96,8 @@ class Supervisor:
             self.children.append(Child(
                 "plugin", f"plugin-{p.type}-{p.name}", resolve_plugin(p.type),
                 (p, core, plugin_rings[p.name], self._stats_path(f"plugin-{p.name}"))))
-        listeners = core.listeners or [Listener()]
-        for i in range(self.shards):
-            listener = listeners[i % len(listeners)]
+        for i in range(total):
+            listener = listeners[i // self.shards]
             self.children.append(Child(
                 "shard", f"shard-{i}", "engine.shards.receiver:shard_main",
                 (i, core, listener, ring_names[i], self.bus.endpoints, self._stats_path(f"shard-{i}")),
@@ -123,7 +124,7 @@ class Supervisor:
         for child in self.children:
             proc = child.process
             if proc is None or child.finished:
-                if proc is None and not self.stopping and now >= child.next_start:
+                if proc is None and not child.finished and not self.stopping and now >= child.next_start:
                     self.start_child(child)
                 continue
             if proc.is_alive():
@@ -163,6 +164,9 @@ class Supervisor:
             elif sig == signal.SIGUSR1:
                 self.log_stats()
                 self.signal_children(signal.SIGUSR1)
+            elif sig == signal.SIGUSR2:
+                log.info("SIGUSR2: shards reload their maps")
+                self.signal_children(signal.SIGUSR2, "shard")
             elif sig == signal.SIGHUP:
                 log.info("SIGHUP: log files are reopened on rotation")
 

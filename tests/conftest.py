@@ -103,3 +103,17 @@ def collector_factory(tmp_path):
     yield make
     for c in started:
         c.kill()
+
+
+SFACCTD = shutil.which("sfacctd") or ("/usr/sbin/sfacctd" if os.path.exists("/usr/sbin/sfacctd") else None)
+
+
+def run_sfacctd_pcap(conf: str, workdir: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the reference sfacctd 1.7.7 on a pcap_savefile config to completion."""
+    if SFACCTD is None:
+        pytest.skip("sfacctd (Debian package pmacct) is not installed")
+    path = workdir / "sfacctd.conf"
+    path.write_text("daemonize: false\n" + conf)
+    proc = subprocess.run([SFACCTD, "-f", str(path)], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"sfacctd failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return proc

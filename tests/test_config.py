@@ -16,7 +16,7 @@ from engine.config import (
     ConfigError, PMACCT_FLAG_SWITCHES, PMACCT_SWITCHES, check_config, describe_config, load_config, loads_config,
 )
 from engine.config.keys import (
-    COUNTER_PRIMITIVES, GLOBAL, KEY_TABLE, KEYS, PLUGIN_TYPES_NOT_YET, PMACCT_KEYS, PMACCT_PRIMITIVES,
+    COUNTER_PRIMITIVES, GLOBAL, KEY_TABLE, KEYS, PLUGIN_OPTIONS, PLUGIN_TYPES_NOT_YET, PMACCT_KEYS, PMACCT_PRIMITIVES,
     PRINT_OUTPUTS_NOT_YET,
 )
 from engine.config.tree import CoreConfig, Listener, PluginConfig
@@ -58,23 +58,26 @@ def test_defaults_without_a_file():
     assert plugin.history is None and plugin.history_secs == 0
 
 
+def _sections_for(key) -> dict:
+    """Fresh default tree objects for the sections a key may target (its plugin type's options included)."""
+    kind = key.plugin_types[0] if key.plugin_types else "print"
+    plugin = PluginConfig(name="x", type=kind)
+    options = PLUGIN_OPTIONS[kind]() if kind in PLUGIN_OPTIONS else None
+    return {"core": CoreConfig(), "listener": Listener(), "plugin": plugin, "options": options,
+            "sflow_listener": Listener(protocol="sflow", port=6343)}
+
+
 def test_table_defaults_match_the_tree_defaults():
     """The one deliberate difference: aggregate defaults to pmacct's src_host."""
-    core, listener, plugin = CoreConfig(), Listener(), PluginConfig(name="x", type="print")
-    sections = {"core": core, "listener": listener, "plugin": plugin}
     for key in KEY_TABLE:
         if key.name in ("plugins", "aggregate"):
             continue
+        sections = _sections_for(key)
         tree = tuple(getattr(sections[t.split(".")[0]], t.split(".")[1]) for t in key.target)
         assert (tree if len(tree) > 1 else tree[0]) == key.default, key.name
 
 
 def test_every_table_key_is_a_pmacct_key_and_maps_to_a_tree_field():
-    fields = {
-        "core": {f.name for f in dataclasses.fields(CoreConfig)},
-        "listener": {f.name for f in dataclasses.fields(Listener)},
-        "plugin": {f.name for f in dataclasses.fields(PluginConfig)},
-    }
     targets = []
     for key in KEY_TABLE:
         assert key.name in PMACCT_KEYS
@@ -82,10 +85,17 @@ def test_every_table_key_is_a_pmacct_key_and_maps_to_a_tree_field():
         for target in key.target:
             if target != "plugins":
                 section, attr = target.split(".")
-                assert attr in fields[section], target
-                assert (section == "plugin") == (key.scope != GLOBAL), key.name
-            targets.append(target)
+                obj = _sections_for(key)[section]
+                assert attr in {f.name for f in dataclasses.fields(obj)}, target
+                assert (section in ("plugin", "options")) == (key.scope != GLOBAL), key.name
+                if section == "options":
+                    assert key.plugin_types and len(key.plugin_types) == 1, key.name
+            for kind in key.plugin_types or ("*",):
+                targets.append((kind, target))
+    # a tree field is filled by one key per plugin type (print_refresh_time and sql_refresh_time may share one)
+    generic = {t for kind, t in targets if kind == "*"}
     assert len(targets) == len(set(targets)), "a tree field is filled by two keys"
+    assert not {t for kind, t in targets if kind != "*"} & generic, "a field filled by a generic and a typed key"
 
 
 # ----------------------------------------------------------------------------- every key sets its field
@@ -101,6 +111,20 @@ KEY_CASES = [
     ("nfacctd_port: 0", lambda c: c.core.listeners[0].port, 0),
     ("nfacctd_ipv6_only: true", lambda c: c.core.listeners[0].ipv6_only, True),
     ("nfacctd_pipe_size: 8388608", lambda c: c.core.listeners[0].rcvbuf, 8388608),
+    ("sfacctd_ip: 127.0.0.1", lambda c: getattr(c.core.listener("sflow"), "ip", None), "127.0.0.1"),
+    ("sfacctd_port: 6344", lambda c: c.core.listener("sflow") and c.core.listener("sflow").port, 6344),
+    ("sfacctd_ipv6_only: true\nsfacctd_port: 6343", lambda c: getattr(c.core.listener("sflow"), "ipv6_only", None),
+     True),
+    ("sfacctd_pipe_size: 8388608\nsfacctd_port: 6343",
+     lambda c: getattr(c.core.listener("sflow"), "rcvbuf", None), 8388608),
+    ("sfacctd_renormalize: true\nsfacctd_port: 6343",
+     lambda c: getattr(c.core.listener("sflow"), "renormalize", None), True),
+    ("nfacctd_renormalize: true", lambda c: c.core.listeners[0].renormalize, True),
+    ("sfacctd_counter_file: /tmp/c.json", lambda c: c.core.counter_file, "/tmp/c.json"),
+    ("sfacctd_counter_output: JSON\nsfacctd_counter_file: /tmp/c.json",
+     lambda c: (c.core.counter_output, c.core.counter_file), ("json", "/tmp/c.json")),
+    ("sampling_map: /dev/null", lambda c: c.core.sampling_map, "/dev/null"),
+    ("maps_refresh: false", lambda c: c.core.maps_refresh, False),
     ("nfacctd_time_new: true", lambda c: c.core.time_new, True),
     ("nfacctd_time_secs: true", lambda c: c.core.time_secs, True),
     ("nfacctd_templates_file: /tmp/t.json", lambda c: c.core.templates_file, "/tmp/t.json"),
@@ -128,12 +152,64 @@ KEY_CASES = [
     ("timestamps_utc: true", lambda c: c.plugins[0].timestamps_utc, True),
     ("timestamps_secs: true", lambda c: c.plugins[0].timestamps_secs, True),
     ("plugins: print[out]", lambda c: [(p.type, p.name) for p in c.plugins], [("print", "out")]),
+    # kafka plugin keys (engine/config/keys_kafka.py)
+    ("kafka_refresh_time: 5\nplugins: kafka[k]", lambda c: c.plugins[0].refresh_time, 5),
+    ("kafka_history: 15m\nplugins: kafka[k]", lambda c: (c.plugins[0].history, c.plugins[0].history_secs),
+     ("15m", 900)),
+    ("kafka_history_roundoff: hm\nplugins: kafka[k]", lambda c: c.plugins[0].history_roundoff, "mh"),
+    ("kafka_num_protos: true\nplugins: kafka[k]", lambda c: c.plugins[0].num_protos, True),
+    ("kafka_broker_host: 10.0.0.1\nplugins: kafka[k]", lambda c: getattr(c.plugins[0].options, "broker_host", None),
+     "10.0.0.1"),
+    ("kafka_broker_port: 9093\nplugins: kafka[k]", lambda c: getattr(c.plugins[0].options, "broker_port", None), 9093),
+    ("kafka_topic: t.$peer_src_ip\nplugins: kafka[k]", lambda c: getattr(c.plugins[0].options, "topic", None),
+     "t.$peer_src_ip"),
+    ("kafka_output: JSON\nplugins: kafka[k]", lambda c: getattr(c.plugins[0].options, "output", None), "json"),
+    ("kafka_partition: 2\nplugins: kafka[k]", lambda c: getattr(c.plugins[0].options, "partition", None), 2),
+    ("kafka_partition_key: $peer_src_ip\nplugins: kafka[k]",
+     lambda c: getattr(c.plugins[0].options, "partition_key", None), "$peer_src_ip"),
+    ("kafka_config_file: /dev/null\nplugins: kafka[k]", lambda c: getattr(c.plugins[0].options, "config_file", None),
+     "/dev/null"),
+    ("kafka_multi_values: 4096\nplugins: kafka[k]", lambda c: getattr(c.plugins[0].options, "multi_values", None),
+     4096),
+    ("kafka_markers: true\nplugins: kafka[k]", lambda c: getattr(c.plugins[0].options, "markers", None), True),
+    # memory plugin keys (engine/config/keys_memory.py)
+    ("imt_path: /run/pm.pipe\nplugins: memory[m]", lambda c: c.plugins[0].options.path, "/run/pm.pipe"),
+    ("imt_buckets: 65537\nplugins: memory[m]", lambda c: c.plugins[0].options.buckets, 65537),
+    ("imt_mem_pools_number: 0\nplugins: memory[m]", lambda c: c.plugins[0].options.max_bytes(), None),
+    ("imt_mem_pools_size: 1048576\nplugins: memory[m]",
+     lambda c: (c.plugins[0].options.pools_size, c.plugins[0].options.max_bytes()), (1048576, 16 * 1048576)),
+    # pgsql plugin keys (engine/config/keys_sql.py)
+    ("sql_host: 10.0.0.2\nplugins: pgsql[p]", lambda c: c.plugins[0].options.host, "10.0.0.2"),
+    ("sql_port: 5433\nplugins: pgsql[p]", lambda c: c.plugins[0].options.port, 5433),
+    ("sql_db: flows\nplugins: pgsql[p]", lambda c: c.plugins[0].options.db, "flows"),
+    ("sql_user: collector\nplugins: pgsql[p]", lambda c: c.plugins[0].options.user, "collector"),
+    ("sql_passwd: s3cret:x\nplugins: pgsql[p]", lambda c: c.plugins[0].options.passwd, "s3cret:x"),
+    ("sql_table: acct_%Y%m%d_$peer_src_ip\nplugins: pgsql[p]", lambda c: c.plugins[0].options.table,
+     "acct_%Y%m%d_$peer_src_ip"),
+    ("sql_table_version: 9\nplugins: pgsql[p]", lambda c: c.plugins[0].options.table_version, 9),
+    ("sql_table_schema: /etc/pm/schema.sql\nplugins: pgsql[p]", lambda c: c.plugins[0].options.table_schema,
+     "/etc/pm/schema.sql"),
+    ("sql_optimize_clauses: true\nplugins: pgsql[p]", lambda c: c.plugins[0].options.optimize_clauses, True),
+    ("sql_dont_try_update: true\nplugins: pgsql[p]", lambda c: c.plugins[0].options.dont_try_update, True),
+    ("sql_use_copy: true\nplugins: pgsql[p]", lambda c: c.plugins[0].options.use_copy, True),
+    ("sql_multi_values: 1024000\nplugins: pgsql[p]", lambda c: c.plugins[0].options.multi_values, 1024000),
+    ("sql_max_writers: 4\nplugins: pgsql[p]", lambda c: c.plugins[0].options.max_writers, 4),
+    ("sql_refresh_time: 300\nplugins: pgsql[p]", lambda c: c.plugins[0].refresh_time, 300),
+    ("sql_history: 1h\nplugins: pgsql[p]", lambda c: (c.plugins[0].history, c.plugins[0].history_secs),
+     ("1h", 3600)),
+    ("sql_history_roundoff: h\nplugins: pgsql[p]", lambda c: c.plugins[0].history_roundoff, "h"),
 ]
+
+
+KEYS_WITH_ONE_VALUE = {"kafka_output"}       # json is the only output implemented: it is also the default
 
 
 @pytest.mark.parametrize("line, read, expected", KEY_CASES, ids=[c[0] for c in KEY_CASES])
 def test_each_key_sets_its_tree_field(tmp_path, line, read, expected):
-    assert read(load_config(None)) != expected, "the case must differ from the default"
+    key = line.split(":")[0]
+    if key not in KEYS_WITH_ONE_VALUE:
+        base = "" if key == "plugins" else "".join(f"{p}\n" for p in line.split("\n") if p.startswith("plugins:"))
+        assert read(loads_config(base)) != expected, "the case must differ from the default"
     assert read(load_text(tmp_path, line + "\n")) == expected
 
 
@@ -459,7 +535,7 @@ def test_nfacctd_accepts_the_shipped_files(tmp_path):
         pytest.skip("captures not found")
     runs = []
     for path in SHIPPED:                      # concurrently: each nfacctd takes seconds to wind down
-        lines = [ln for ln in path.read_text().splitlines() if not re.match(r"nfacctd_(ip|port|pipe_size)\b", ln)]
+        lines = [ln for ln in path.read_text().splitlines() if not re.match(r"[ns]facctd_(ip|port|pipe_size)\b", ln)]
         text = "\n".join(lines).replace("/var/lib/pmengine", str(tmp_path / path.stem))
         conf = tmp_path / f"{path.stem}.nf.conf"
         conf.write_text(f"{text}\npcap_savefile: {pcap}\n")
@@ -562,3 +638,11 @@ def test_malformed_text_raises_only_config_error(text):
         loads_config(text)
     except ConfigError as err:
         assert str(err)
+
+
+def test_example_sflow():
+    cfg = load_config(str(REPO / "conf" / "examples" / "sflow.conf"))
+    assert [(lst.protocol, lst.port, lst.renormalize) for lst in cfg.core.listeners] == [
+        ("netflow", 2100, False), ("sflow", 6343, True)]
+    assert cfg.core.counter_file.endswith("sflow-counters.json") and cfg.core.counter_output == "json"
+    assert "sampling_rate" in cfg.plugins[0].aggregate

@@ -145,7 +145,7 @@ KEYS: dict[str, Key] = {key.name: key for key in KEY_TABLE}
 
 # pmacct command-line switches -> keys.  Flag switches take no argument and set "true".
 PMACCT_SWITCHES: dict[str, str] = {
-    "-l": "nfacctd_port",
+    "-l": "nfacctd_port",           # (sfacctd's -l is sfacctd_port: pass -o sfacctd_port=N instead)
     "-L": "nfacctd_ip",
     "-P": "plugins",
     "-c": "aggregate",

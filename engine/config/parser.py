@@ -22,6 +22,7 @@ from typing import Any, Iterable, Optional
 from engine.config.keys import (
     CONFIG_FILE_KEY, GLOBAL, KEY_TABLE, KEYS, PLUGIN_OPTIONS, PMACCT_KEYS, Key,
 )
+from engine.config.keys_sflow import NETFLOW_LISTENER_KEYS, SFLOW_LISTENER_KEYS
 from engine.config.tree import Config, CoreConfig, Listener, PluginConfig
 
 
@@ -159,12 +160,13 @@ def build_config(settings: list[Setting], source: Optional[str] = None) -> Confi
             if types is not None and names[setting.plugin] not in types:
                 raise setting.error(f"does not apply to {names[setting.plugin]} plugin '{setting.plugin}'")
 
-    core, listener = CoreConfig(), Listener()
+    core, listener, sflow_listener = CoreConfig(), Listener(), Listener(protocol="sflow", port=6343)
     chosen: dict[tuple[Optional[str], str], Optional[Setting]] = {}
     for key in KEY_TABLE:
         if key.scope == GLOBAL and key.name != "plugins":
             won = chosen[(None, key.name)] = _winner(by_key.get(key.name, []))
-            _assign(key, won.value if won else key.default, {"core": core, "listener": listener})
+            _assign(key, won.value if won else key.default,
+                    {"core": core, "listener": listener, "sflow_listener": sflow_listener})
 
     plugins: list[PluginConfig] = []
     for kind, name in declared:
@@ -179,17 +181,37 @@ def build_config(settings: list[Setting], source: Optional[str] = None) -> Confi
             _assign(key, won.value if won else key.default, {"plugin": plugin, "options": plugin.options})
         plugins.append(plugin)
 
-    _check_listener(listener, chosen)
+    wants_sflow = any(chosen[(None, k)] is not None for k in SFLOW_LISTENER_KEYS)
+    wants_netflow = any(chosen[(None, k)] is not None for k in NETFLOW_LISTENER_KEYS) or not wants_sflow
+    core.listeners = ([listener] if wants_netflow else []) + ([sflow_listener] if wants_sflow else [])
+    for lst in core.listeners:
+        _check_listener(lst, chosen)
+    if len(core.listeners) == 2 and (listener.port == sflow_listener.port and listener.port != 0):
+        setting = chosen[(None, "sfacctd_port")] or chosen[(None, "nfacctd_port")]
+        raise setting.error(f"nfacctd_port and sfacctd_port are both {listener.port}")
+    _check_sampling_map(core, chosen)
     for plugin in plugins:
         _check_plugin(plugin, chosen)
-    core.listeners = [listener]
     return Config(core=core, plugins=plugins, source=source)
 
 
 def _check_listener(listener: Listener, chosen: dict) -> None:
+    prefix = "sfacctd" if listener.protocol == "sflow" else "nfacctd"
     if listener.ipv6_only and ipaddress.ip_address(listener.ip).version == 4:
-        setting = chosen[(None, "nfacctd_ipv6_only")] or chosen[(None, "nfacctd_ip")]
-        raise setting.error(f"nfacctd_ipv6_only needs an IPv6 nfacctd_ip, not {listener.ip}")
+        setting = chosen[(None, f"{prefix}_ipv6_only")] or chosen[(None, f"{prefix}_ip")]
+        raise setting.error(f"{prefix}_ipv6_only needs an IPv6 {prefix}_ip, not {listener.ip}")
+
+
+def _check_sampling_map(core: CoreConfig, chosen: dict) -> None:
+    """A sampling_map that does not load is a configuration error naming the map's file and line."""
+    if not core.sampling_map:
+        return
+    from engine.maps import MapError
+    from engine.maps.sampling import load_sampling_map
+    try:
+        load_sampling_map(core.sampling_map)
+    except MapError as exc:
+        raise chosen[(None, "sampling_map")].error(str(exc)) from None
 
 
 def _check_plugin(plugin: PluginConfig, chosen: dict) -> None:
@@ -256,11 +278,15 @@ def describe_config(cfg: Config) -> str:
     Loading the text back gives an equal tree (source aside): what `--check` prints.
     """
     lines = [f"! pmengine effective configuration, from {cfg.source or 'defaults'}"]
-    global_sections = {"core": cfg.core, "listener": cfg.core.listeners[0]}
+    netflow, sflow = cfg.core.listener("netflow"), cfg.core.listener("sflow")
+    global_sections = {"core": cfg.core, "listener": netflow or Listener(),
+                       "sflow_listener": sflow or Listener(protocol="sflow", port=6343)}
     for key in KEY_TABLE:
+        section = key.target[0].split(".")[0]
         if key.name == "plugins":
             lines.append(f"plugins: {key.format(tuple((p.type, p.name) for p in cfg.plugins))}")
-        elif key.scope == GLOBAL:
+        elif key.scope == GLOBAL and not ((section == "listener" and netflow is None)
+                                          or (section == "sflow_listener" and sflow is None)):
             _describe_line(lines, key, key.name, _tree_value(key, global_sections))
     for plugin in cfg.plugins:
         lines.append("!")

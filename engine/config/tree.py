@@ -12,11 +12,12 @@ from typing import Any, Optional
 @dataclass
 class Listener:
     """One UDP listen socket set shared by a group of shards."""
-    protocol: str = "netflow"       # "netflow" (v5/v9/IPFIX) or, later, "sflow"
-    ip: str = "::"                  # nfacctd_ip; "::" is dual-stack (v4 arrives IPv4-mapped)
-    port: int = 2100                # nfacctd_port
-    ipv6_only: bool = False         # nfacctd_ipv6_only
-    rcvbuf: Optional[int] = None    # nfacctd_pipe_size: socket receive buffer, bytes
+    protocol: str = "netflow"       # "netflow" (v5/v9/IPFIX) or "sflow" (v5)
+    ip: str = "::"                  # nfacctd_ip / sfacctd_ip; "::" is dual-stack (v4 arrives IPv4-mapped)
+    port: int = 2100                # nfacctd_port / sfacctd_port
+    ipv6_only: bool = False         # nfacctd_ipv6_only / sfacctd_ipv6_only
+    rcvbuf: Optional[int] = None    # nfacctd_pipe_size / sfacctd_pipe_size: socket receive buffer, bytes
+    renormalize: bool = False       # nfacctd_renormalize / sfacctd_renormalize
 
 
 @dataclass
@@ -57,6 +58,13 @@ class CoreConfig:
     templates_file: Optional[str] = None   # nfacctd_templates_file
     pcap_savefile: Optional[str] = None    # pcap_savefile / -I: read this file instead of a socket
     pcap_savefile_wait: bool = False       # keep running after the file is read
+    counter_file: Optional[str] = None     # sfacctd_counter_file: sFlow counter samples as JSON lines
+    counter_output: str = "json"           # sfacctd_counter_output
+    sampling_map: Optional[str] = None     # sampling_map file
+    maps_refresh: bool = True              # maps_refresh: reload maps on SIGUSR2
+
+    def listener(self, protocol: str) -> Optional[Listener]:
+        return next((x for x in self.listeners if x.protocol == protocol), None)
 
 
 @dataclass

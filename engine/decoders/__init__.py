@@ -1,7 +1,8 @@
-"""NetFlow v5 / v9 / IPFIX decoders: a PacketBatch in, canonical numpy records out.
+"""NetFlow v5 / v9 / IPFIX and sFlow v5 decoders: a PacketBatch in, canonical numpy records out.
 
     state = DecoderState()
     res = decode_batch(batch, state)       # res.records, res.learnt (to publish), res.counters
+    res = decode_sflow_batch(batch, state) # res.records, res.counter_events (sfacctd_counter_file), res.counters
     recs = state.apply(messages)           # templates / sampling learnt by another shard
 
 Pure functions of (batch, state): no sockets, no logging; malformed input is
@@ -20,7 +21,7 @@ from .netflow_v5 import decode_v5_packets
 from .netflow_v9 import TemplatePacketDecoder
 from .state import CounterBook, DecoderState, ExporterCounters
 
-__all__ = ["decode_batch", "DecoderState", "DecodeResult", "BusMessage", "ExporterCounters", "PacketBatch"]
+__all__ = ["decode_batch", "decode_sflow_batch", "DECODERS", "DecoderState", "DecodeResult", "BusMessage", "ExporterCounters", "PacketBatch"]
 
 
 @dataclass
@@ -28,6 +29,7 @@ class DecodeResult:
     records: np.ndarray                                        # RECORD_DTYPE
     learnt: list[BusMessage] = field(default_factory=list)     # to publish on the template bus
     counters: dict[bytes, ExporterCounters] = field(default_factory=dict)   # this batch only
+    counter_events: list = field(default_factory=list)         # sFlow counter records (sflow_counters.CounterEvent)
 
 
 def decode_batch(batch: PacketBatch, state: DecoderState) -> DecodeResult:
@@ -67,3 +69,25 @@ def decode_batch(batch: PacketBatch, state: DecoderState) -> DecodeResult:
     parts = [p for p in parts if len(p)]
     records = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, RECORD_DTYPE))
     return DecodeResult(records, learnt, dict(counters))
+
+
+def decode_sflow_batch(batch: PacketBatch, state: DecoderState) -> DecodeResult:
+    """Decode every sFlow datagram of a batch (v5; anything else is a decode error)."""
+    from .sflow import decode_sflow
+    counters = CounterBook()
+    n = len(batch)
+    if n == 0:
+        return DecodeResult(np.zeros(0, dtype=RECORD_DTYPE), [], {})
+    offsets = np.asarray(batch.offsets, dtype=np.int64)
+    lengths = np.asarray(batch.lengths, dtype=np.int64)
+    inside = (offsets >= 0) & (lengths >= 0) & (offsets + lengths <= len(batch.buf))
+    lengths = np.where(inside, lengths, 0)
+    offsets = np.where(inside, offsets, 0)
+    exporters = np.asarray(batch.exporters, dtype=np.uint8).reshape(n, 16)
+    arrival = np.asarray(batch.arrival_us, dtype=np.int64)
+    records, events = decode_sflow(batch.buf, offsets, lengths, exporters, arrival, state, counters)
+    return DecodeResult(records, [], dict(counters), events)
+
+
+# Listener.protocol -> the decoder its shards run
+DECODERS = {"netflow": decode_batch, "sflow": decode_sflow_batch}

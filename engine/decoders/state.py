@@ -38,6 +38,11 @@ class ExporterCounters:
     decode_errors: int = 0
     templates: int = 0            # template and options template records received
     options_records: int = 0
+    samples: int = 0              # sFlow: samples the datagram headers announce (every type)
+    frame_bytes: int = 0          # sFlow: Σ frame_length of raw packet header records (unscaled)
+    counter_samples: int = 0      # sFlow: counter samples (written to the counter file)
+    unknown_samples: int = 0      # sFlow: samples of unknown type, skipped by their length
+    unknown_records: int = 0      # sFlow: flow / counter records of unknown type, skipped
 
     def add(self, other: "ExporterCounters") -> "ExporterCounters":
         for f in fields(self):

@@ -95,6 +95,8 @@ class KeySpec:
                 fields.append((f.name, *((f.dtype,) if isinstance(f.dtype, str) else f.dtype)))
         if any(p in ADDRESS_PRIMITIVES for p in prims):
             fields.append(("family", "u1"))
+        if "peer_dst_ip" in prims:
+            fields.append(("peer_dst_missing", "u1"))      # sFlow: no next hop exported (render.peer_text)
         width = sum(np.dtype([f]).itemsize for f in fields)
         pad = (-width) % 8 if width else 8
         if pad:

@@ -138,16 +138,20 @@ def host_text(addr16: np.ndarray, family: np.ndarray, absent: str = "") -> list[
     return _address_text(addr16, family == 4, family == 6, absent)
 
 
-def peer_text(addr16: np.ndarray, absent: str = "", flow_family: Optional[np.ndarray] = None) -> list[str]:
+def peer_text(addr16: np.ndarray, absent: str = "", flow_family: Optional[np.ndarray] = None,
+              missing: Optional[np.ndarray] = None) -> list[str]:
     """Exporter / next-hop addresses: IPv4-mapped is dotted, all zeros absent, anything else IPv6.
 
     With flow_family (peer_dst_ip), the next hop of an IPv6 flow is always IPv6 text, as nfacctd
-    prints it ("::", "::ffff:0.0.0.0").
+    prints it ("::", "::ffff:0.0.0.0"), except where `missing` (schema peer_dst_missing: an sFlow
+    sample without extended gateway) says none was exported: absent, as sfacctd prints it.
     """
     as_v4 = _is_mapped(addr16)
     as_v6 = ~as_v4 & np.any(addr16, axis=1)
     if flow_family is not None:
         v6_flow = flow_family == 6
+        if missing is not None:
+            v6_flow &= missing == 0
         as_v4 &= ~v6_flow
         as_v6 |= v6_flow
     return _address_text(addr16, as_v4, as_v6, absent)
@@ -204,7 +208,11 @@ def primitive_values(rows: AggregatedRows, primitive: str, opts: RenderOptions) 
         return host_text(values, rows.family(), opts.absent_addr)
     kind = FIELD_BY_NAME[prim.columns[0]].kind
     if kind == "addr":
-        return peer_text(values, opts.absent_addr, rows.family() if primitive == "peer_dst_ip" else None)
+        if primitive != "peer_dst_ip":
+            return peer_text(values, opts.absent_addr)
+        names = rows.keys.dtype.names or ()
+        missing = rows.keys["peer_dst_missing"] if "peer_dst_missing" in names else None
+        return peer_text(values, opts.absent_addr, rows.family(), missing)
     if kind == "mac":
         return mac_text(values)
     if kind == "proto":

@@ -17,12 +17,15 @@ import numpy as np
 import zmq
 
 from ..config.tree import CoreConfig, Listener
-from ..decoders import BusMessage, DecoderState, decode_batch
+from ..decoders import DECODERS, BusMessage, DecoderState
 from ..decoders.batch import PacketBatch
 from ..ipc.ring import Ring
 from ..ipc.template_bus import BusClient, BusEndpoints
+from ..maps import MapError
+from ..maps.sampling import apply_sampling_map, load_sampling_map, renormalize
 from ..pcap import PcapStats, iter_udp
 from ..proc import handlers_installed
+from .counter_file import CounterFileWriter
 from .sockets import AddressCache, kernel_drops, open_udp
 from .stats import ShardStats
 
@@ -73,17 +76,19 @@ class UdpBatcher:
         return PacketBatch(self.buf, self.offsets[:n], self.lengths[:n], self.exporters[:n], self.arrival[:n])
 
 
-def pcap_batches(path: str, stats: PcapStats, port: Optional[int]) -> Iterator[PacketBatch]:
+def pcap_batches(path: str, stats: PcapStats, port: Optional[int],
+                 capture_time: bool = False) -> Iterator[PacketBatch]:
     """The UDP datagrams of a pcap, in file order, a few at a time.
 
     Arrival time is the wall clock at reading, as nfacctd does with pcap_savefile
-    (it matters for timestamp_arrival, nfacctd_time_new and flows without a start time).
+    (it matters for timestamp_arrival, nfacctd_time_new and flows without a start time);
+    with capture_time, the frame's capture time (sFlow: sfacctd bins samples by it).
     """
     pending: list[tuple[bytes, bytes, int]] = []
     for p in iter_udp(path, stats):
         if port and p.dport != port:
             continue
-        pending.append((p.payload, p.src, time.time_ns() // 1000))
+        pending.append((p.payload, p.src, p.ts_us if capture_time else time.time_ns() // 1000))
         if len(pending) >= MAX_PACKETS:
             yield PacketBatch.from_packets(pending)
             pending = []
@@ -93,9 +98,15 @@ def pcap_batches(path: str, stats: PcapStats, port: Optional[int]) -> Iterator[P
 
 class Shard:
     def __init__(self, shard_id: int, core: CoreConfig, ring_names: list[str],
-                 bus_endpoints: Optional[BusEndpoints], stats_path: Optional[str]) -> None:
+                 bus_endpoints: Optional[BusEndpoints], stats_path: Optional[str],
+                 listener: Optional[Listener] = None) -> None:
         self.shard_id = shard_id
         self.core = core
+        self.listener = listener or Listener()
+        self.decode = DECODERS.get(self.listener.protocol, DECODERS["netflow"])
+        self.sampling_rules = load_sampling_map(core.sampling_map) if core.sampling_map else []
+        self.counter_file = (CounterFileWriter(core.counter_file)
+                             if core.counter_file and self.listener.protocol == "sflow" else None)
         self.rings = [Ring.attach(n) for n in ring_names]
         self.state = DecoderState(time_secs=core.time_secs)
         self.stats = ShardStats(shard_id, stats_path)
@@ -120,15 +131,31 @@ class Shard:
 
     # -- data path ------------------------------------------------------------
     def handle(self, batch: PacketBatch) -> None:
-        res = decode_batch(batch, self.state)
+        res = self.decode(batch, self.state)
         self.stats.add_decode(res.counters, len(batch))
         if res.learnt and self.bus is not None:
             self.bus.publish([(m.key, m.payload) for m in res.learnt])
+        if res.counter_events and self.counter_file is not None:
+            self.counter_file.write(res.counter_events)
         self.deliver(res.records)
+
+    def reload_maps(self) -> None:
+        """SIGUSR2 (forwarded by the supervisor): reload sampling_map; a bad map keeps the old one."""
+        if not (self.core.maps_refresh and self.core.sampling_map):
+            return
+        try:
+            self.sampling_rules = load_sampling_map(self.core.sampling_map)
+            log.info("shard %d: sampling_map reloaded (%d rules)", self.shard_id, len(self.sampling_rules))
+        except MapError as exc:
+            log.error("shard %d: sampling_map not reloaded, keeping the old one: %s", self.shard_id, exc)
 
     def deliver(self, records: np.ndarray) -> None:
         if len(records) == 0:
             return
+        # before the rings: every plugin sees the same rates and renormalised counters, as pmacct
+        apply_sampling_map(records, self.sampling_rules)
+        if self.listener.renormalize:
+            renormalize(records)
         for start in range(0, len(records), RING_CHUNK):
             chunk = records[start:start + RING_CHUNK]
             for ring in self.rings:
@@ -160,6 +187,8 @@ class Shard:
             r.close()
         if self.bus is not None:
             self.bus.close()
+        if self.counter_file is not None:
+            self.counter_file.close()
 
 
 def run_udp(shard: Shard, listener: Listener) -> None:
@@ -200,7 +229,7 @@ def run_udp(shard: Shard, listener: Listener) -> None:
 def run_pcap(shard: Shard, path: str, port: Optional[int]) -> None:
     shard.blocking_writes = True
     pstats = PcapStats()
-    for batch in pcap_batches(path, pstats, port):
+    for batch in pcap_batches(path, pstats, port, capture_time=shard.listener.protocol == "sflow"):
         if shard.stopping:
             break
         shard.handle(batch)
@@ -212,18 +241,21 @@ def run_pcap(shard: Shard, path: str, port: Optional[int]) -> None:
 def shard_main(shard_id: int, core: CoreConfig, listener: Optional[Listener], ring_names: list[str],
                bus_endpoints: Optional[BusEndpoints], stats_path: Optional[str]) -> None:
     """Process entry point (see engine.supervisor)."""
-    shard = Shard(shard_id, core, ring_names, bus_endpoints, stats_path)
+    shard = Shard(shard_id, core, ring_names, bus_endpoints, stats_path, listener)
 
     def on_term(_signum, _frame):
         shard.stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGUSR1, lambda *_: shard.stats.log_summary(log))
+    signal.signal(signal.SIGUSR2, lambda *_: shard.reload_maps())
     handlers_installed()
     try:
         shard.bus_snapshot()
         if core.pcap_savefile:
-            run_pcap(shard, core.pcap_savefile, None)
+            # with NetFlow and sFlow listeners both, each listener's shard takes the datagrams sent to its port
+            port = listener.port if listener is not None and len(core.listeners) > 1 else None
+            run_pcap(shard, core.pcap_savefile, port)
         else:
             assert listener is not None
             run_udp(shard, listener)

@@ -1,0 +1,1 @@
+"""The pmacct-compatible query client of the memory plugin (`pmengine client`, `pmacct`)."""

@@ -1,0 +1,203 @@
+"""sFlow v5 decoding, vectorised over a whole batch of datagrams (sfacctd's input).
+
+    res = decode_sflow_batch(batch, state)    # res.records (RECORD_DTYPE), res.counter_events, res.counters
+
+Steps, each one numpy pass over the batch (no Python per sample):
+1. datagram headers (version 5, IPv4 or IPv6 agent address, sub-agent, sequence, sample count);
+2. samples, walked in lock-step over all datagrams (sflow_walk.walk_items);
+3. flow samples (compact 1, expanded 3): their fixed fields, then their records, walked in lock-step;
+4. records by type (sflow_records): sampled headers parsed at fixed offsets (packet_headers), IPv4/IPv6
+   data, extended switch / router / gateway;
+5. one canonical record per flow sample that carries a raw header or IPv4/IPv6 data.
+Counter samples (2, 4) take a per-sample slow path (sflow_counters) into CounterEvents.
+Unknown sample and record types are skipped by their length and counted; a datagram whose
+lengths overrun it is counted as a decode error and keeps what was decoded before the overrun.
+Versions 2 and 4 (no length fields) are counted as decode errors (not decoded).
+
+Counters are per agent address (ExporterCounters); datagram sequence numbers are tracked per
+(agent, sub-agent) and a jump counts a seq_gap.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..schema import IPV4_MAPPED_PREFIX, RECORD_DTYPE
+from .sflow_counters import AgentSeen, CounterEvent, decode_counter_sample
+from .sflow_records import PARSE_ORDER, RECORD_PARSERS, sample_columns
+from .sflow_walk import be32, gather_bytes, walk_items
+from .state import CounterBook, DecoderState
+
+FLOW_SAMPLE, COUNTER_SAMPLE, EXPANDED_FLOW_SAMPLE, EXPANDED_COUNTER_SAMPLE = 1, 2, 3, 4
+SFLOW_VERSION = 5
+
+
+def decode_sflow(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, exporters: np.ndarray,
+                 arrival_us: np.ndarray, state: DecoderState, counters: CounterBook
+                 ) -> tuple[np.ndarray, list]:
+    """(records, counter-file events: AgentSeen and CounterEvent in datagram order)."""
+    n = len(offsets)
+    end = offsets + lengths
+    version = be32(buf, offsets) * (lengths >= 8)
+    addr_type = be32(buf, offsets + 4) * (lengths >= 8)
+    alen = np.where(addr_type == 1, 4, np.where(addr_type == 2, 16, 0))
+    hlen = 8 + alen + 16
+    ok = (version == SFLOW_VERSION) & (alen > 0) & (lengths >= hlen)
+    agents = np.zeros((n, 16), np.uint8)
+    raw = gather_bytes(buf, offsets + 8, 16)
+    v4 = ok & (alen == 4)
+    agents[v4, 10:12] = 0xFF
+    agents[v4, 12:] = raw[v4, :4]
+    agents[ok & (alen == 16)] = raw[ok & (alen == 16)]
+    p = offsets + 8 + alen
+    sub_agent = be32(buf, p)
+    seq = be32(buf, p + 4)
+    nsamples = np.where(ok, be32(buf, p + 12), 0).astype(np.int64)
+
+    s_dgram, s_body, s_type, s_len, broken = walk_items(buf, offsets + hlen, end, nsamples)
+    fmt = np.where(s_type >> 12 == 0, s_type & 0xFFF, 0)
+    firsts = _count_datagrams(agents, exporters, lengths, ok, broken, seq, sub_agent, nsamples, s_dgram, fmt,
+                              state, counters)
+
+    events: list = []
+    new_agents = iter(firsts + [(n, None)])
+    next_new = next(new_agents)
+    is_counter = (fmt == COUNTER_SAMPLE) | (fmt == EXPANDED_COUNTER_SAMPLE)
+    counter_samples = [(d, b, ln, f == EXPANDED_COUNTER_SAMPLE) for d, b, ln, f in zip(
+        *(a[is_counter].tolist() for a in (s_dgram, s_body, s_len, fmt)))]
+    counter_samples += _overrunning_counter_samples(buf, offsets + hlen, end, broken & ok, s_dgram, s_body, s_len)
+    counter_samples.sort(key=lambda item: item[0])          # stable: datagram order, then sample order
+    for d, body_at, body_len, expanded in counter_samples + [(n, 0, 0, False)]:
+        while next_new[0] <= d and next_new[1] is not None:      # log_init markers, in datagram order
+            events.append(next_new[1])
+            next_new = next(new_agents)
+        if d == n:
+            break
+        body = buf[body_at:body_at + body_len].tobytes()
+        got, unknown, bad = decode_counter_sample(body, expanded, bytes(agents[d]), int(sub_agent[d]), int(seq[d]))
+        events.extend(got)
+        c = counters[bytes(agents[d])]
+        c.unknown_records += unknown
+        c.decode_errors += bad
+    records = _flow_samples(buf, s_dgram, s_body, s_len, fmt, agents, arrival_us, counters)
+    return records, events
+
+
+def _overrunning_counter_samples(buf, first, end, broken, s_dgram, s_body, s_len) -> list:
+    """The counter sample whose length overruns its datagram, cut at the datagram's end: sfacctd still writes
+    its records that lie wholly inside the datagram (the overrun itself is counted as a decode error)."""
+    out = []
+    for d in np.flatnonzero(broken).tolist():
+        mine = s_dgram == d
+        at = int((s_body[mine] + s_len[mine]).max()) if mine.any() else int(first[d])
+        if at + 8 > end[d]:
+            continue
+        stype = int(be32(buf, np.array([at]))[0])
+        if stype in (COUNTER_SAMPLE, EXPANDED_COUNTER_SAMPLE):
+            out.append((d, at + 8, int(end[d]) - at - 8, stype == EXPANDED_COUNTER_SAMPLE))
+    return out
+
+
+def _count_datagrams(agents, exporters, lengths, ok, broken, seq, sub_agent, nsamples, s_dgram, fmt, state,
+                     counters) -> list:
+    """Per-datagram bookkeeping (Python per datagram, not per sample): counters and sequence gaps.
+
+    Returns [(datagram index, AgentSeen)] for the first datagram of each (agent, sub-agent) of the batch."""
+    n = len(lengths)
+    per = lambda mask: np.bincount(s_dgram[mask], minlength=n).tolist()  # noqa: E731
+    flows = per((fmt == FLOW_SAMPLE) | (fmt == EXPANDED_FLOW_SAMPLE))
+    cnts = per((fmt == COUNTER_SAMPLE) | (fmt == EXPANDED_COUNTER_SAMPLE))
+    unknown = per(~np.isin(fmt, (1, 2, 3, 4)))
+    announced = nsamples.tolist()
+    firsts: list[tuple[int, AgentSeen]] = []
+    batch_keys: set = set()
+    for i, (good, bad, length) in enumerate(zip(ok.tolist(), broken.tolist(), lengths.tolist())):
+        agent = bytes(agents[i]) if good else bytes(exporters[i])
+        c = counters[agent]
+        c.packets += 1
+        c.bytes += length
+        if not good:
+            c.decode_errors += 1
+            continue
+        c.decode_errors += bad
+        c.samples += announced[i]
+        c.counter_samples += cnts[i]
+        c.unknown_samples += unknown[i]
+        key = (agent, int(sub_agent[i]), "sflow")
+        if key not in batch_keys:
+            batch_keys.add(key)
+            firsts.append((i, AgentSeen(agent, key[1])))
+        s = int(seq[i])
+        expected = state.sequences.get(key)
+        if expected is not None and expected != s:
+            c.seq_gaps += 1
+        state.sequences[key] = (s + 1) & 0xFFFFFFFF
+    return firsts
+
+
+def _flow_samples(buf, s_dgram, s_body, s_len, fmt, agents, arrival_us, counters) -> np.ndarray:
+    compact = fmt == FLOW_SAMPLE
+    expanded = fmt == EXPANDED_FLOW_SAMPLE
+    min_len = np.where(compact, 32, 44)
+    flow = (compact | expanded) & (s_len >= min_len)
+    for d in s_dgram[(compact | expanded) & ~flow].tolist():
+        counters[bytes(agents[d])].decode_errors += 1
+    idx = np.flatnonzero(flow)
+    m = len(idx)
+    if m == 0:
+        return np.zeros(0, RECORD_DTYPE)
+    body, blen, dgram, exp = s_body[idx], s_len[idx], s_dgram[idx], expanded[idx]
+    rate = np.where(exp, be32(buf, body + 12), be32(buf, body + 8))
+    in_iface = np.where(exp, be32(buf, body + 28), be32(buf, body + 20))
+    out_iface = np.where(exp, be32(buf, body + 36), be32(buf, body + 24))
+    nrec = np.where(exp, be32(buf, body + 40), be32(buf, body + 28)).astype(np.int64)
+    rstart = body + np.where(exp, 44, 32)
+    r_sample, r_body, r_type, r_len, broken = walk_items(buf, rstart, body + blen, nrec)
+    cols = sample_columns(m)
+    known = np.zeros(len(r_type), bool)
+    bad_records = np.zeros(m, np.int64)
+    for rtype in PARSE_ORDER:
+        sel = r_type == rtype
+        known |= sel
+        if sel.any():
+            short = RECORD_PARSERS[rtype](cols, buf, r_sample[sel], r_body[sel], r_len[sel])
+            if short:
+                bad_records[r_sample[sel][:1]] += short     # counted, attributed to the first sample's agent
+    unknown_per_sample = np.bincount(r_sample[~known], minlength=m)
+    per_agent_bad = broken.astype(np.int64) + bad_records
+    for s in np.flatnonzero(per_agent_bad | unknown_per_sample).tolist():
+        c = counters[bytes(agents[dgram[s]])]
+        c.decode_errors += int(per_agent_bad[s])
+        c.unknown_records += int(unknown_per_sample[s])
+    keep = np.flatnonzero(cols["has_flow"])
+    out = np.zeros(len(keep), RECORD_DTYPE)
+    d = dgram[keep]
+    for name in ("bytes", "src_mac", "dst_mac", "etype", "family", "src_host", "dst_host", "proto", "tos",
+                 "src_port", "dst_port", "tcp_flags", "ip_next_hop", "src_mask", "dst_mask", "peer_dst_ip",
+                 "src_as", "dst_as", "peer_src_as", "peer_dst_as"):
+        out[name] = cols[name][keep]
+    # an extended switch record decides the vlan (its incoming VLAN, else the outgoing one, even 0), as sfacctd
+    # (which reads the records in order: the switch record, after the raw header, overwrites the header's tag)
+    out["vlan"] = np.where(cols["has_switch"][keep], cols["switch_vlan"][keep], cols["vlan"][keep])
+    out["peer_dst_missing"] = ~cols["has_gateway"][keep]     # sfacctd prints no next hop then, even for IPv6
+    out["packets"] = 1
+    out["flows"] = 1
+    out["sampling_rate"] = rate[keep]
+    out["in_iface"] = in_iface[keep]
+    out["out_iface"] = out_iface[keep]
+    out["peer_src_ip"] = agents[d]
+    out["ts_arrival"] = arrival_us[d]
+    out["export_proto_version"] = SFLOW_VERSION
+    per_dgram = np.bincount(d, minlength=len(agents))
+    frames = np.bincount(dgram, weights=cols["frame_length"], minlength=len(agents))
+    for a in np.flatnonzero(per_dgram | (frames > 0)).tolist():
+        c = counters[bytes(agents[a])]
+        c.flows += int(per_dgram[a])
+        c.frame_bytes += int(frames[a])
+    return out
+
+
+def agent_text(agent16: bytes) -> str:
+    import ipaddress
+    if agent16[:12] == IPV4_MAPPED_PREFIX:
+        return str(ipaddress.IPv4Address(agent16[12:]))
+    return str(ipaddress.IPv6Address(agent16))
