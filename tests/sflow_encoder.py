@@ -159,3 +159,41 @@ def generated_traffic(n_datagrams: int, seed: int = 1, samples_per_datagram: int
         seqs[agent] = seqs.get(agent, 0) + 1
         out.append(datagram(agent, seqs[agent], samples))
     return out, truth
+
+
+# -- sFlow v2 / v4 (no length fields: every structure's size follows from its type) ---------------------
+
+def v4_flow_sample(seq: int, rate: int, in_if: int, out_if: int, header: bytes, frame_length: int,
+                   extended: list[bytes] = (), protocol: int = 1) -> bytes:
+    """Flow sample (type 1) carrying a sampled header (packet data type 1) and extended data items."""
+    body = struct.pack(">IIIIIII", seq, in_if, rate, 0, 0, in_if, out_if)
+    body += struct.pack(">IIII", 1, protocol, frame_length, len(header)) + _pad(header)
+    body += struct.pack(">I", len(extended)) + b"".join(extended)
+    return struct.pack(">I", 1) + body
+
+
+def v4_switch(src_vlan: int, dst_vlan: int) -> bytes:
+    return struct.pack(">IIIII", 1, src_vlan, 0, dst_vlan, 0)
+
+
+def v4_router(next_hop: str, src_mask: int, dst_mask: int) -> bytes:
+    return struct.pack(">I", 2) + _addr(next_hop) + struct.pack(">II", src_mask, dst_mask)
+
+
+def v4_gateway(my_as: int, src_as: int, src_peer_as: int, path: tuple[int, ...], version: int = 4) -> bytes:
+    """v4: AS path segments, communities, localpref; v2: a flat AS list."""
+    body = struct.pack(">IIII", 3, my_as, src_as, src_peer_as)
+    if version == 4:
+        segs = [struct.pack(">II", 2, len(path)) + b"".join(struct.pack(">I", a) for a in path)] if path else []
+        body += struct.pack(">I", len(segs)) + b"".join(segs) + struct.pack(">I", 0) + struct.pack(">I", 100)
+    else:
+        body += struct.pack(">I", len(path)) + b"".join(struct.pack(">I", a) for a in path)
+    return body
+
+
+def v4_generic_counters(seq: int, if_index: int, generic: tuple) -> bytes:
+    return struct.pack(">IIIII", 2, seq, if_index, 0, 1) + struct.pack(GENERIC_FIELDS, *generic)
+
+
+def v4_datagram(agent: str, seq: int, samples: list[bytes], version: int = 4, uptime: int = 1000) -> bytes:
+    return struct.pack(">I", version) + _addr(agent) + struct.pack(">III", seq, uptime, len(samples)) + b"".join(samples)

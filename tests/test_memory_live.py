@@ -113,3 +113,33 @@ def socket_ready(path: str) -> bool:
 def _no_leftover_pipe(tmp_path):
     yield
     assert not (tmp_path / "live.pipe").exists(), "the plugin left its socket behind"
+
+
+def test_imt_path_in_use_halts_the_second_engine_with_a_config_error(collector_factory, tmp_path):
+    """A plugin that cannot own its socket is a configuration problem: the engine stops (exit 78), no respawn loop."""
+    pipe = str(tmp_path / "shared.pipe")
+    conf = """daemonize: false
+nfacctd_ip: 127.0.0.1
+nfacctd_port: {port}
+plugins: memory[m]
+imt_path[m]: {pipe}
+"""
+    first = collector_factory(conf.format(port=free_udp_port(), pipe=pipe))
+    first.wait_listening(1)
+    deadline = time.monotonic() + 30
+    while not socket_ready(pipe):
+        assert time.monotonic() < deadline, "imt_path socket never appeared"
+        time.sleep(0.05)
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    from conftest import Collector
+    second = Collector(conf.format(port=free_udp_port(), pipe=pipe), second_dir)
+    try:
+        assert second.proc.wait(60) == 78
+    finally:
+        second.kill()
+    log = second.log_path.read_text()
+    assert "imt_path" in log and "in use" in log
+    assert log.count("started plugin-memory-m") == 1, "the plugin must not be respawned"
+    assert socket_ready(pipe), "the first engine's socket must survive"
+    assert first.stop() == 0

@@ -48,9 +48,11 @@ class _Reader:
         self.length = length
         self.rows = np.arange(len(matrix))
         self.width = matrix.shape[1]
+        self.flat = np.ascontiguousarray(matrix).reshape(-1)      # offsets are never negative
+        self.base = self.rows * self.width
 
     def u8(self, off: np.ndarray) -> np.ndarray:
-        v = self.m[self.rows, np.clip(off, 0, self.width - 1)].astype(np.int64)
+        v = self.flat[self.base + np.minimum(off, self.width - 1)].astype(np.int64)
         return np.where(off < self.length, v, 0)
 
     def u16(self, off: np.ndarray) -> np.ndarray:
@@ -60,8 +62,8 @@ class _Reader:
         return (self.u16(off) << 16) | self.u16(off + 2)
 
     def span(self, off: np.ndarray, width: int) -> np.ndarray:
-        idx = np.clip(off[:, None] + np.arange(width), 0, self.width - 1)
-        return self.m[self.rows[:, None], idx]
+        idx = np.minimum(off[:, None] + np.arange(width), self.width - 1)
+        return self.flat[self.base[:, None] + idx]
 
 
 def header_matrix(buf: np.ndarray, start: np.ndarray, length: np.ndarray, width: int) -> np.ndarray:

@@ -34,7 +34,8 @@ def sample_columns(n: int) -> dict[str, np.ndarray]:
 
 
 def _address(buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """sFlow address (type, then 4 or 16 bytes) → (16-byte addresses, bytes used, valid)."""
+    """sFlow address (type, then 4 or 16 bytes; type 0 "unknown" has none) → (16-byte addresses, bytes used,
+    valid, known)."""
     kind = be32(buf, pos)
     v4, v6 = kind == 1, kind == 2
     out = np.zeros((len(pos), 16), np.uint8)
@@ -43,7 +44,7 @@ def _address(buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     out[v4, 12:] = raw[v4, :4]
     out[v6] = raw[v6]
     used = np.where(v4, 8, np.where(v6, 20, 4))
-    return out, used, v4 | v6
+    return out, used, v4 | v6 | (kind == 0), v4 | v6
 
 
 def raw_header(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray) -> int:
@@ -115,7 +116,7 @@ def extended_switch(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.nd
 
 
 def extended_router(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray) -> int:
-    addr, used, valid = _address(buf, body)
+    addr, used, valid, _ = _address(buf, body)
     ok = valid & (blen >= used + 8)
     sample, body, addr, used = sample[ok], body[ok], addr[ok], used[ok]
     cols["ip_next_hop"][sample] = addr
@@ -126,13 +127,13 @@ def extended_router(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.nd
 
 def extended_gateway(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray) -> int:
     """BGP next hop → peer_dst_ip; src_as, peer_src_as; AS path: first AS → peer_dst_as, last → dst_as."""
-    addr, used, valid = _address(buf, body)
+    addr, used, valid, known = _address(buf, body)
     ok = valid & (blen >= used + 16)
-    sample, body, blen, addr, used = sample[ok], body[ok], blen[ok], addr[ok], used[ok]
+    sample, body, blen, addr, used, known = sample[ok], body[ok], blen[ok], addr[ok], used[ok], known[ok]
     end = body + blen
     p = body + used
     cols["peer_dst_ip"][sample] = addr
-    cols["has_gateway"][sample] = True
+    cols["has_gateway"][sample] = known         # next hop of type 0 (unknown, e.g. sFlow v2/v4): none printed
     cols["src_as"][sample] = be32(buf, p + 4)
     cols["peer_src_as"][sample] = be32(buf, p + 8)
     segments = be32(buf, p + 12).astype(np.int64)

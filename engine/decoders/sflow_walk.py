@@ -20,8 +20,8 @@ MAX_ITEMS = 4096        # more samples / records than this in one parent: treate
 def be32(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Big-endian uint32 at each position (positions must leave 4 bytes in buf; others give garbage)."""
     pos = np.minimum(pos, len(buf) - 4)
-    b = buf[pos[:, None] + np.arange(4)].astype(np.uint32)
-    return (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]
+    u = np.uint32
+    return (buf[pos].astype(u) << 24) | (buf[pos + 1].astype(u) << 16) | (buf[pos + 2].astype(u) << 8) | buf[pos + 3]
 
 
 def be64(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Optional
 
 from ..config.tree import CoreConfig, PluginConfig
 from ..proc import handlers_installed
+from ..enrich import PluginStage
 from .aggregate import Aggregator
 
 IDLE_SLEEP = 0.02           # seconds to sleep when every ring is empty
@@ -50,6 +51,8 @@ class PluginLoop:
         self.rings = rings
         self.stats_path = stats_path
         self.aggregator = Aggregator(plugin, core)
+        self.stage = PluginStage(plugin, core, self.log)
+        self.reload_requested = False
         self.writer = writer or make_writer(plugin, core, self.log)
         self.stop_requested = False
         self.stats_requested = False
@@ -66,8 +69,10 @@ class PluginLoop:
         for ring in self.rings:
             batch = ring.read(READ_CHUNK)
             if len(batch):
-                self.aggregator.add(batch)
                 got += len(batch)
+                batch = self.stage.apply(batch)
+                if len(batch):
+                    self.aggregator.add(batch)
         self.records += got
         return got
 
@@ -114,7 +119,7 @@ class PluginLoop:
             "rows_purged": self.rows_purged, "purge_errors": self.purge_errors,
             "rows_written": getattr(self.writer, "rows_written", 0),
             "write_errors": getattr(self.writer, "write_errors", 0),
-            "hash_collisions": self.aggregator.collisions, "rings": rings,
+            "hash_collisions": self.aggregator.collisions, "rings": rings, "enrich": dict(self.stage.counters),
             "writer": self._writer_counters(),
         }
 
@@ -166,6 +171,9 @@ class PluginLoop:
         if self.stats_requested:
             self.stats_requested = False
             self.log_counters()
+        if self.reload_requested:
+            self.reload_requested = False
+            self.stage.reload()
         if now >= self._stats_due:
             self.save_stats()
             self._stats_due = now + STATS_EVERY
@@ -205,7 +213,11 @@ def plugin_main(plugin: PluginConfig, core: CoreConfig, ring_names: list[str],
         loop.stats_requested = True
 
     signal.signal(signal.SIGTERM, on_term)
+    def on_usr2(_sig, _frame):
+        loop.reload_requested = True
+
     signal.signal(signal.SIGUSR1, on_usr1)
+    signal.signal(signal.SIGUSR2, on_usr2)
     handlers_installed()
     log.info("%s plugin %s started: aggregate %s, refresh %ds, %d ring(s)", plugin.type, plugin.name,
              ", ".join(plugin.aggregate), plugin.refresh_time, len(rings))

@@ -19,6 +19,7 @@ import zmq
 from ..config.tree import CoreConfig, Listener
 from ..decoders import DECODERS, BusMessage, DecoderState
 from ..decoders.batch import PacketBatch
+from ..enrich import ShardStage
 from ..ipc.ring import Ring
 from ..ipc.template_bus import BusClient, BusEndpoints
 from ..maps import MapError
@@ -107,6 +108,7 @@ class Shard:
         self.sampling_rules = load_sampling_map(core.sampling_map) if core.sampling_map else []
         self.counter_file = (CounterFileWriter(core.counter_file)
                              if core.counter_file and self.listener.protocol == "sflow" else None)
+        self.stage = ShardStage(core, self.listener, log)
         self.rings = [Ring.attach(n) for n in ring_names]
         self.state = DecoderState(time_secs=core.time_secs)
         self.stats = ShardStats(shard_id, stats_path)
@@ -131,6 +133,7 @@ class Shard:
 
     # -- data path ------------------------------------------------------------
     def handle(self, batch: PacketBatch) -> None:
+        batch = self.stage.admit(batch)
         res = self.decode(batch, self.state)
         self.stats.add_decode(res.counters, len(batch))
         if res.learnt and self.bus is not None:
@@ -140,7 +143,8 @@ class Shard:
         self.deliver(res.records)
 
     def reload_maps(self) -> None:
-        """SIGUSR2 (forwarded by the supervisor): reload sampling_map; a bad map keeps the old one."""
+        """SIGUSR2 (forwarded by the supervisor): reload the maps; a bad map keeps the old one."""
+        self.stage.reload()
         if not (self.core.maps_refresh and self.core.sampling_map):
             return
         try:
@@ -156,6 +160,9 @@ class Shard:
         apply_sampling_map(records, self.sampling_rules)
         if self.listener.renormalize:
             renormalize(records)
+        records = self.stage.apply(records)
+        if len(records) == 0:
+            return
         for start in range(0, len(records), RING_CHUNK):
             chunk = records[start:start + RING_CHUNK]
             for ring in self.rings:

@@ -15,6 +15,7 @@ from typing import Optional
 
 from ...config.keys_memory import MemoryOptions
 from ...config.tree import CoreConfig, PluginConfig
+from ...enrich import PluginStage
 from ...proc import handlers_installed
 from .server import QueryServer
 from .table import MemoryTable, entry_bytes
@@ -38,13 +39,16 @@ class MemoryLoop:
     """State of one memory plugin process; step() is one loop turn."""
 
     def __init__(self, plugin: PluginConfig, rings: list, server: Optional[QueryServer],
-                 stats_path: Optional[str] = None, log: Optional[logging.Logger] = None) -> None:
+                 stats_path: Optional[str] = None, log: Optional[logging.Logger] = None,
+                 core: Optional[CoreConfig] = None) -> None:
         self.plugin = plugin
         self.rings = rings
         self.server = server
         self.stats_path = stats_path
         self.log = log or logging.getLogger(f"pmengine.plugin.{plugin.name}")
         self.table = table_for(plugin)
+        self.stage = PluginStage(plugin, core or CoreConfig(), self.log)
+        self.reload_requested = False
         self.records = 0
         self.stop_requested = False
         self.stats_requested = False
@@ -55,8 +59,10 @@ class MemoryLoop:
         for ring in self.rings:
             batch = ring.read(READ_CHUNK)
             if len(batch):
-                self.table.add(batch)
                 got += len(batch)
+                batch = self.stage.apply(batch)
+                if len(batch):
+                    self.table.add(batch)
         self.records += got
         return got
 
@@ -107,6 +113,9 @@ class MemoryLoop:
         if self.table.dropped_keys and not getattr(self, "_full_logged", False):
             self._full_logged = True
             self.log.warning("memory table full (%s rows): new keys are dropped", self.table.max_rows)
+        if self.reload_requested:
+            self.reload_requested = False
+            self.stage.reload()
         if self.stats_requested:
             self.stats_requested = False
             self.log_counters()
@@ -141,8 +150,13 @@ def memory_main(plugin: PluginConfig, core: CoreConfig, ring_names: list[str],
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     options = plugin.options if isinstance(plugin.options, MemoryOptions) else MemoryOptions()
     rings = [Ring.attach(name) for name in ring_names]
-    server = QueryServer(options.path, options.path_mode, log)
-    loop = MemoryLoop(plugin, rings, server, stats_path, log=log)
+    try:
+        server = QueryServer(options.path, options.path_mode, log)
+    except OSError as e:                # in use, not a socket, no such folder: a restart cannot fix it
+        from ...config import ConfigError
+        raise ConfigError(f"plugin '{plugin.name}': cannot serve queries on imt_path {options.path}: {e}",
+                          "imt_path") from None
+    loop = MemoryLoop(plugin, rings, server, stats_path, log=log, core=core)
 
     def on_term(_sig, _frame):
         loop.stop_requested = True
@@ -151,7 +165,11 @@ def memory_main(plugin: PluginConfig, core: CoreConfig, ring_names: list[str],
         loop.stats_requested = True
 
     signal.signal(signal.SIGTERM, on_term)
+    def on_usr2(_sig, _frame):
+        loop.reload_requested = True
+
     signal.signal(signal.SIGUSR1, on_usr1)
+    signal.signal(signal.SIGUSR2, on_usr2)
     handlers_installed()
     log.info("memory plugin %s started: aggregate %s, imt_path %s, %s, %d ring(s)", plugin.name,
              ", ".join(plugin.aggregate), options.path,
