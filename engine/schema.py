@@ -23,6 +23,8 @@ import numpy as np
 
 ADDR = ("u1", (16,))
 MAC = ("u1", (6,))
+LABEL_BYTES = 32
+LABEL = ("u1", (LABEL_BYTES,))
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ FIELDS: tuple[Field, ...] = (
     Field("peer_src_ip", ADDR, "peer_src_ip", "peer_ip_src", "PEER_SRC_IP", "addr", "exporter address"),
     Field("peer_dst_ip", ADDR, "peer_dst_ip", "peer_ip_dst", "PEER_DST_IP", "addr", "BGP next hop"),
     Field("ip_next_hop", ADDR, None, None, None, "internal", "IP next hop (IE 15/62), for use_ip_next_hop"),
+    Field("tag", "u8", "tag", "tag", "TAG", "int", "pre_tag_map set_tag"),
+    Field("tag2", "u8", "tag2", "tag2", "TAG2", "int", "pre_tag_map set_tag2"),
     Field("src_as", "u4", "src_as", "as_src", "SRC_AS", "int"),
     Field("dst_as", "u4", "dst_as", "as_dst", "DST_AS", "int"),
     Field("peer_src_as", "u4", "peer_src_as", "peer_as_src", "PEER_SRC_AS", "int"),
@@ -63,6 +67,8 @@ FIELDS: tuple[Field, ...] = (
     Field("vlan", "u2", "vlan", "vlan", "VLAN", "int"),
     Field("etype", "u2", "etype", "etype", "ETYPE", "etype"),
     Field("export_proto_version", "u2", "export_proto_version", "export_proto_version", "EXPORT_PROTO_VERSION", "int"),
+    Field("label", LABEL, "label", "label", "LABEL", "label",
+          "pre_tag_map set_label: UTF-8, NUL-padded to LABEL_BYTES (longer labels are a map error)"),
     Field("src_mac", MAC, "src_mac", "mac_src", "SRC_MAC", "mac"),
     Field("dst_mac", MAC, "dst_mac", "mac_dst", "DST_MAC", "mac"),
     Field("src_mask", "u1", "src_mask", "mask_src", "SRC_MASK", "int"),

@@ -196,4 +196,65 @@ def v4_generic_counters(seq: int, if_index: int, generic: tuple) -> bytes:
 
 
 def v4_datagram(agent: str, seq: int, samples: list[bytes], version: int = 4, uptime: int = 1000) -> bytes:
-    return struct.pack(">I", version) + _addr(agent) + struct.pack(">III", seq, uptime, len(samples)) + b"".join(samples)
+    header = struct.pack(">I", version) + _addr(agent) + struct.pack(">III", seq, uptime, len(samples))
+    return header + b"".join(samples)
+
+
+def v4_sampled_ip(seq: int, rate: int, in_if: int, out_if: int, src: str, dst: str, proto: int, sport: int,
+                  dport: int, length: int, tos: int = 0, extended: list[bytes] = ()) -> bytes:
+    """Flow sample with sampled IPv4 / IPv6 (packet data types 2 / 3) instead of a header."""
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    kind = 2 if a.version == 4 else 3
+    data = struct.pack(">II", length, proto) + a.packed + b.packed + struct.pack(">IIII", sport, dport, 0, tos)
+    body = struct.pack(">IIIIIII", seq, in_if, rate, 0, 0, in_if, out_if) + struct.pack(">I", kind) + data
+    return struct.pack(">I", 1) + body + struct.pack(">I", len(extended)) + b"".join(extended)
+
+
+def v4_user(user: bytes) -> bytes:
+    return struct.pack(">II", 4, len(user)) + _pad(user)
+
+
+def v4_url(url: bytes) -> bytes:
+    return struct.pack(">III", 5, 1, len(url)) + _pad(url)
+
+
+def v4_counters(seq: int, if_index: int, ctype: int, generic: tuple, specific: bytes = b"") -> bytes:
+    """Counter sample of counters type ctype (1 generic, 2 Ethernet, 3 token ring, 4 FDDI, 5 VG, 6 WAN):
+    the generic block then the type's own counters; ctype 7 (VLAN): `specific` only."""
+    block = specific if ctype == 7 else struct.pack(GENERIC_FIELDS, *generic) + specific
+    return struct.pack(">IIIII", 2, seq, if_index, 0, ctype) + block
+
+
+def legacy_traffic(seed: int = 3) -> list[bytes]:
+    """sFlow v2 and v4 datagrams: sampled headers (IPv4 / IPv6, VLAN), sampled IPv4 / IPv6, extended switch /
+    router / gateway / user / URL, and generic, Ethernet, token ring, VG and VLAN counter samples."""
+    import random
+    rnd = random.Random(seed)
+    out = []
+    generic = (3, 6, 10**8, 1, 3, 5000, 50, 5, 1, 0, 0, 0, 7000, 70, 6, 2, 0, 0, 0)
+    for d in range(12):
+        version = (2, 4)[d % 2]
+        agent = ("198.51.100.2", "198.51.100.4", "3fff::4")[d % 3]
+        samples = []
+        for s in range(4):
+            ipv6 = s == 3
+            src = f"2001:db8:4::{s + 1}" if ipv6 else f"10.4.{d}.{s + 1}"
+            dst = "2001:db8:5::1" if ipv6 else "10.5.0.1"
+            ext = [v4_switch(rnd.choice((0, 40)), 0), v4_router("10.255.4.1", 24, 16),
+                   v4_gateway(65000, 64600 + d, 64601, (64602, 64603 + s), version), v4_url(b"http://example.net/")]
+            ext = rnd.sample(ext, rnd.randint(0, len(ext)))
+            rate = rnd.choice((1, 100, 512))
+            if s == 2:
+                samples.append(v4_sampled_ip(d * 10 + s, rate, 1, 2, src, dst, 17, 53, 1000 + d, 300 + d,
+                                             tos=0x10, extended=ext))
+            else:
+                pkt = ip_packet(src, dst, 6, 443, 2000 + d, tos=0x20, flags=0x12)
+                hdr = ethernet_header(b"\x02\x00\x00\x00\x04\x01", b"\x02\x00\x00\x00\x05\x01",
+                                      (rnd.choice((0, 300)),) if s == 0 else (), pkt, ipv6)
+                samples.append(v4_flow_sample(d * 10 + s, rate, 3, 4, hdr, 700 + 10 * d + s, ext))
+        ctype = (1, 2, 3, 5, 7)[d % 5]
+        specific = {1: b"", 2: struct.pack(">13I", *range(13)), 3: bytes(72), 5: bytes(80),
+                    7: struct.pack(">IQIIII", 40, 12345, 10, 2, 1, 0)}[ctype]
+        samples.insert(1, v4_counters(d, 9, ctype, generic, specific))
+        out.append(v4_datagram(agent, d // 3 + 1, samples, version=version))
+    return out

@@ -125,3 +125,30 @@ def test_unknown_sample_and_record_types_are_skipped_and_counted():
     c = res.counters[exporter_bytes("192.0.2.9")]
     assert (c.unknown_samples, c.unknown_records, c.decode_errors, len(res.records)) == (1, 1, 0, 1)
     assert np.asarray(res.records["dst_port"]).tolist() == [2]
+
+
+def test_sflow_v2_v4_datagrams_decode_as_pmacct_reads_them():
+    """v2 / v4 (no length fields) go through sflow_legacy; sizes and fields from the encoder's own values
+    (and tests/test_sflow_differential.py compares them with sfacctd)."""
+    from sflow_encoder import legacy_traffic
+    from engine.decoders.sflow_counters import CounterEvent
+    res = decode_sflow_batch(PacketBatch.from_packets([(d, exporter_bytes("192.0.2.1"), 0)
+                                                       for d in legacy_traffic()]), DecoderState())
+    expected = sorted([700 + 10 * d + s for d in range(12) for s in (0, 1, 3)] + [300 + d for d in range(12)])
+    assert sorted(res.records["bytes"].tolist()) == expected
+    assert sorted(res.records["family"].tolist()) == sorted([4] * 36 + [6] * 12)
+    assert sum(c.decode_errors for c in res.counters.values()) == 0
+    kinds = [e.cnt_type for e in res.counter_events if isinstance(e, CounterEvent)]
+    # counters types cycle 1, 2, 3, 5, 7 over 12 datagrams: generic ×3, Ethernet ×3 (one line each: generic +
+    # dot3), token ring / VG none, VLAN ×2
+    assert sorted(kinds) == sorted(["sflow_cnt_generic"] * 3 + ["sflow_cnt_ethernet"] * 3 + ["sflow_cnt_vlan"] * 2)
+
+
+def test_sflow_v4_extended_user_ends_the_datagram_as_in_sfacctd():
+    from sflow_encoder import ethernet_header, ip_packet, v4_datagram, v4_flow_sample, v4_user
+    hdr = ethernet_header(b"\x02" * 6, b"\x04" * 6, (), ip_packet("10.0.0.1", "10.0.1.1", 6, 80, 1234), False)
+    dg = v4_datagram("192.0.2.9", 1, [v4_flow_sample(1, 1, 1, 2, hdr, 100, [v4_user(b"alice")]),
+                                      v4_flow_sample(2, 1, 1, 2, hdr, 200, [])])
+    res = decode_sflow_batch(PacketBatch.from_packets([(dg, exporter_bytes("192.0.2.1"), 0)]), DecoderState())
+    assert res.records["bytes"].tolist() == [100]
+    assert res.counters[exporter_bytes("192.0.2.9")].decode_errors == 1

@@ -2,8 +2,8 @@
 
 Input: every sFlow capture of the corpus plus generated traffic (IPv4 and IPv6 agents and inner packets,
 one or two VLAN tags, TCP / UDP / ICMP, several sampling rates, extended switch / router / gateway records,
-counter samples), written into one pcap so that each daemon runs once per mode; modes: as received, and
-with sfacctd_renormalize.  Ignored: stamp_updated, writer ids and the counter file's timestamps.
+counter samples; and sFlow v2 / v4 datagrams), written into one pcap so that each daemon runs once per
+mode; modes: as received, and with sfacctd_renormalize.  Ignored: stamp_updated, writer ids and the counter file's timestamps.
 sfacctd 1.7.7 quirks pmengine does not copy are named in KNOWN_DIFFERENCES; each is normalised narrowly
 and asserted to occur (so a test fails if the reference changes).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CAPTURES, SFACCTD, captures_or_skip, run_pmengine_pcap, run_sfacctd_pcap
-from sflow_encoder import STACKED_SOURCES, generated_traffic
+from sflow_encoder import STACKED_SOURCES, generated_traffic, legacy_traffic
 from engine.decoders.batch import exporter_bytes
 from engine.pcap import UdpPacket, iter_udp, write_pcap
 
@@ -46,6 +46,7 @@ QINQ_AGENT = "172.17.128.58"                    # the corpus's 802.1ad capture
 ROUTER_NEXT_HOP_V6 = "2001:db8:ff::1"           # the encoder's IPv6 extended-router next hop
 STALE_LOG_INIT_AGENT = "15.184.1.194"
 GENERATED_AGENTS = ("192.0.2.10", "192.0.2.11", "2001:db8::a")
+LEGACY_AGENTS = ("198.51.100.2", "198.51.100.4", "3fff::4")       # legacy_traffic (v2 / v4)
 GENERATED = dict(n_datagrams=120, seed=11)
 
 
@@ -54,6 +55,7 @@ def combined_pcap(path: Path) -> None:
     for capture in sorted((CAPTURES / "sflow").rglob("*.pcap")):
         packets += list(iter_udp(str(capture)))
     datagrams, _ = generated_traffic(**GENERATED)
+    datagrams += legacy_traffic()                   # sFlow v2 / v4
     src, dst = exporter_bytes("192.0.2.1"), exporter_bytes("192.0.2.254")
     packets += [UdpPacket(1_600_000_000_000_000 + i * 1000, src, 50000, dst, 6343, d)
                 for i, d in enumerate(datagrams)]
@@ -169,6 +171,7 @@ def test_same_rows_as_sfacctd(runs, renorm, agg, fmt):
     got_bytes = sum(int(_get(r, "bytes", "BYTES")) for r in extra if _is_generated(r))
     assert got_bytes == sum(t.frame_length * (t.rate if renorm else 1) for t in stacked)
     assert len([r for r in ours if _is_generated(r)]) > 300, "generated traffic compared"
+    assert len([r for r in ours if _get(r, "peer_ip_src", "PEER_SRC_IP") in LEGACY_AGENTS]) >= 40, "v2/v4 compared"
     expected, got = as_text(ref, True), as_text(ours, False)
     missing = sorted(set(expected) - set(got))[:5]
     unexpected = sorted(set(got) - set(expected))[:5]

@@ -44,6 +44,15 @@ class PluginConfig:
     timestamps_secs: bool = False
     extra: dict = field(default_factory=dict)   # other keys of this plugin, parsed, for plugin types added later
     options: Any = None                    # the type's own typed options (keys_memory.MemoryOptions, ...), or None
+    aggregate_filter: Optional[str] = None       # libpcap expression (checked at parse time), as written
+    pre_tag_filter: Optional[str] = None         # tag filter: N, A-B, -N, comma lists
+    pre_tag2_filter: Optional[str] = None
+    pre_tag_label_filter: Optional[str] = None   # label list, `null`, -label
+    networks_file: Optional[str] = None    # networks_file (engine/enrich/networks.py)
+    networks_file_filter: bool = False     # networks_file_filter
+    networks_file_no_lpm: bool = False     # networks_file_no_lpm
+    networks_mask: Optional[int] = None    # networks_mask (nfacctd_net: mask)
+    networks_cache_entries: Optional[int] = None   # networks_cache_entries: accepted, no cache needed
 
 
 @dataclass
@@ -62,6 +71,14 @@ class CoreConfig:
     counter_output: str = "json"           # sfacctd_counter_output
     sampling_map: Optional[str] = None     # sampling_map file
     maps_refresh: bool = True              # maps_refresh: reload maps on SIGUSR2
+    pre_tag_map: Optional[str] = None      # pre_tag_map file (loaded and checked at parse time)
+    net_source: Optional[str] = None       # nfacctd_net: flow | file | mask | longest (None: not set, flow)
+    as_source: Optional[str] = None        # nfacctd_as: flow | file | longest (None: not set, flow)
+    sflow_net_source: Optional[str] = None # sfacctd_net (used where nfacctd_net is not set)
+    sflow_as_source: Optional[str] = None  # sfacctd_as (used where nfacctd_as is not set)
+    use_ip_next_hop: bool = False          # use_ip_next_hop
+    allow_file: Optional[str] = None       # nfacctd_allow_file (the NetFlow listener)
+    sflow_allow_file: Optional[str] = None # sfacctd_allow_file (the sFlow listener)
 
     def listener(self, protocol: str) -> Optional[Listener]:
         return next((x for x in self.listeners if x.protocol == protocol), None)

@@ -21,7 +21,8 @@ from .netflow_v5 import decode_v5_packets
 from .netflow_v9 import TemplatePacketDecoder
 from .state import CounterBook, DecoderState, ExporterCounters
 
-__all__ = ["decode_batch", "decode_sflow_batch", "DECODERS", "DecoderState", "DecodeResult", "BusMessage", "ExporterCounters", "PacketBatch"]
+__all__ = ["decode_batch", "decode_sflow_batch", "DECODERS", "DecoderState", "DecodeResult", "BusMessage",
+           "ExporterCounters", "PacketBatch"]
 
 
 @dataclass
@@ -72,7 +73,7 @@ def decode_batch(batch: PacketBatch, state: DecoderState) -> DecodeResult:
 
 
 def decode_sflow_batch(batch: PacketBatch, state: DecoderState) -> DecodeResult:
-    """Decode every sFlow datagram of a batch (v5; anything else is a decode error)."""
+    """Decode every sFlow datagram of a batch (v5; v2 / v4 rewritten as v5; anything else is a decode error)."""
     from .sflow import decode_sflow
     counters = CounterBook()
     n = len(batch)
@@ -85,8 +86,33 @@ def decode_sflow_batch(batch: PacketBatch, state: DecoderState) -> DecodeResult:
     offsets = np.where(inside, offsets, 0)
     exporters = np.asarray(batch.exporters, dtype=np.uint8).reshape(n, 16)
     arrival = np.asarray(batch.arrival_us, dtype=np.int64)
-    records, events = decode_sflow(batch.buf, offsets, lengths, exporters, arrival, state, counters)
+    buf = batch.buf
+    head = lengths >= 4
+    version = np.zeros(n, np.int64)
+    version[head] = ((buf[offsets[head] + 2].astype(np.int64) << 8) | buf[offsets[head] + 3]) * (
+        (buf[offsets[head]] == 0) & (buf[offsets[head] + 1] == 0))
+    legacy = np.flatnonzero(head & ((version == 2) | (version == 4)))
+    if len(legacy):
+        buf, offsets, lengths = _legacy_as_v5(buf, offsets, lengths, legacy)
+    records, events = decode_sflow(buf, offsets, lengths, exporters, arrival, state, counters)
     return DecodeResult(records, [], dict(counters), events)
+
+
+def _legacy_as_v5(buf, offsets, lengths, legacy):
+    """sFlow v2 / v4 datagrams (slow path, sflow_legacy) rewritten as v5, appended to a copy of the buffer."""
+    from .sflow_legacy import legacy_to_v5
+    offsets, lengths = offsets.copy(), lengths.copy()
+    extra, at = [], len(buf)
+    for i in legacy.tolist():
+        v5 = legacy_to_v5(buf[offsets[i]:offsets[i] + lengths[i]].tobytes())
+        if v5 is None:
+            continue                # left as it is: counted as a decode error (not v5)
+        offsets[i], lengths[i] = at, len(v5)
+        extra.append(v5)
+        at += len(v5)
+    if not extra:
+        return buf, offsets, lengths
+    return np.concatenate([buf, np.frombuffer(b"".join(extra), np.uint8)]), offsets, lengths
 
 
 # Listener.protocol -> the decoder its shards run

@@ -12,7 +12,7 @@ Steps, each one numpy pass over the batch (no Python per sample):
 Counter samples (2, 4) take a per-sample slow path (sflow_counters) into CounterEvents.
 Unknown sample and record types are skipped by their length and counted; a datagram whose
 lengths overrun it is counted as a decode error and keeps what was decoded before the overrun.
-Versions 2 and 4 (no length fields) are counted as decode errors (not decoded).
+Versions 2 and 4 (no length fields) are rewritten as v5 beforehand (sflow_legacy, a per-datagram slow path).
 
 Counters are per agent address (ExporterCounters); datagram sequence numbers are tracked per
 (agent, sub-agent) and a jump counts a seq_gap.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..schema import IPV4_MAPPED_PREFIX, RECORD_DTYPE
-from .sflow_counters import AgentSeen, CounterEvent, decode_counter_sample
+from .sflow_counters import AgentSeen, decode_counter_sample
 from .sflow_records import PARSE_ORDER, RECORD_PARSERS, sample_columns
 from .sflow_walk import be32, gather_bytes, walk_items
 from .state import CounterBook, DecoderState

@@ -38,6 +38,8 @@ RECORD_LAYOUTS = {
     1: ("sflow_cnt_generic", GENERIC, _layout(GENERIC), None),
     2: ("sflow_cnt_ethernet", ETHERNET, _layout(ETHERNET), None),
     5: ("sflow_cnt_vlan", VLAN_WIRE, _layout(VLAN_WIRE), VLAN_PRINTED),
+    # sFlow v2/v4 Ethernet counters (sflow_legacy.LEGACY_ETHERNET): generic and dot3 counters on one line
+    (0xFFFFF << 12) | 2: ("sflow_cnt_ethernet", GENERIC + ETHERNET, _layout(GENERIC + ETHERNET), None),
 }
 
 

@@ -10,9 +10,11 @@ decoder like any other datagram.  What sfacctd 1.7.7 reads from them, and so wha
 - extended switch / router → v5 records 1001 / 1002; extended gateway (no next hop before v5: written
   with an "unknown" next-hop address, so peer_dst_ip stays empty) → 1003 with the v4 AS path segments;
   a v2 gateway's flat AS list is not an AS path for sfacctd (dst_as 0): written with an empty path;
-  extended user / URL are skipped;
-- counter samples: the counters of their type (generic, Ethernet, token ring, FDDI, 100BaseVG, WAN,
-  VLAN) → the generic interface record, plus the Ethernet (2) or VLAN (5) record where there is one.
+  extended URL is skipped; after an extended user item sfacctd 1.7.7 reads nothing more of the datagram
+  (observed: the sample holding it is kept, later ones lost): the same here, counted as a decode error;
+- counter samples: generic, FDDI, WAN → the generic interface record; Ethernet → one record holding
+  both (sfacctd writes one sflow_cnt_ethernet line with generic and dot3 counters); VLAN → record 5;
+  token ring and 100BaseVG → no record (sfacctd writes no line).  FDDI / WAN: not checked against sfacctd.
 Anything that does not parse makes the datagram undecodable (None): the caller counts a decode error.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Optional
 IF_COUNTERS = 88                     # generic interface counters, bytes
 SPECIFIC = {1: 0, 2: 52, 3: 72, 4: 0, 5: 80, 6: 0}      # counters type -> bytes after the generic block
 VLAN_COUNTERS = 28
+LEGACY_ETHERNET = (0xFFFFF << 12) | 2   # a record type private to pmengine: v2/v4 generic + Ethernet counters
 MAX_ITEMS = 4096
 
 
@@ -84,15 +87,27 @@ def _flow_sample(r: _Reader, version: int) -> bytes:
             records.append(_record(1002, r.address() + r.take(8)))
         elif ext == 3:
             records.append(_record(1003, _gateway(r, version)))
-        elif ext == 4:
-            r.opaque()                              # user (v4: source user only)
+        elif ext == 4:                              # user: sfacctd 1.7.7 loses the rest of the datagram
+            raise _Truncated(_flow_sample_bytes(seq, source_id, rate, pool, drops, in_if, out_if, records))
         elif ext == 5:
             r.take(4)
             r.opaque()                              # URL: direction, URL
         else:
             raise ValueError("extended type")
+    return _flow_sample_bytes(seq, source_id, rate, pool, drops, in_if, out_if, records)
+
+
+def _flow_sample_bytes(seq, source_id, rate, pool, drops, in_if, out_if, records) -> bytes:
     body = struct.pack(">8I", seq, source_id, rate, pool, drops, in_if, out_if, len(records)) + b"".join(records)
     return struct.pack(">II", 1, len(body)) + body
+
+
+class _Truncated(Exception):
+    """Parsing stops after this (v5-encoded) sample; the samples before it and it are kept."""
+
+    def __init__(self, sample: bytes) -> None:
+        super().__init__("truncated")
+        self.sample = sample
 
 
 def _gateway(r: _Reader, version: int) -> bytes:
@@ -117,10 +132,12 @@ def _counter_sample(r: _Reader) -> bytes:
     seq, source_id, _interval, ctype = struct.unpack(">4I", r.take(16))
     records = []
     if ctype in SPECIFIC:
-        records.append(_record(1, r.take(IF_COUNTERS)))
+        generic = r.take(IF_COUNTERS)
         specific = r.take(SPECIFIC[ctype])
-        if ctype == 2:
-            records.append(_record(2, specific))
+        if ctype == 2:              # one line with generic and Ethernet counters, as sfacctd writes it
+            records.append(_record(LEGACY_ETHERNET, generic + specific))
+        elif ctype not in (3, 5):   # token ring / 100BaseVG: sfacctd 1.7.7 writes no line
+            records.append(_record(1, generic))
     elif ctype == 7:
         records.append(_record(5, r.take(VLAN_COUNTERS)))
     else:
@@ -139,15 +156,20 @@ def legacy_to_v5(data: bytes) -> Optional[bytes]:
         agent = r.address()
         seq, uptime = r.u32(), r.u32()
         samples = []
-        for _ in range(r.count()):
-            kind = r.u32()
-            if kind == 1:
-                samples.append(_flow_sample(r, version))
-            elif kind == 2:
-                samples.append(_counter_sample(r))
-            else:
-                raise ValueError("sample type")
-        return (struct.pack(">I", 5) + agent + struct.pack(">IIII", 0, seq, uptime, len(samples))
+        announced = 0
+        try:
+            for _ in range(r.count()):
+                kind = r.u32()
+                if kind == 1:
+                    samples.append(_flow_sample(r, version))
+                elif kind == 2:
+                    samples.append(_counter_sample(r))
+                else:
+                    raise ValueError("sample type")
+        except _Truncated as stop:
+            samples.append(stop.sample)
+            announced = 1           # one sample more than present: the v5 walker counts the decode error
+        return (struct.pack(">I", 5) + agent + struct.pack(">IIII", 0, seq, uptime, len(samples) + announced)
                 + b"".join(samples))
     except (ValueError, struct.error):
         return None

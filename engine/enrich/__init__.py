@@ -20,6 +20,10 @@ import numpy as np
 
 from ..config.tree import CoreConfig, Listener, PluginConfig
 from ..decoders.batch import PacketBatch
+from .allow import AllowStage
+from .networks import NetworksStage
+from .plugin_filters import PluginFilters
+from .pretag import PretagStage
 
 
 class ShardStage:
@@ -30,17 +34,22 @@ class ShardStage:
         self.listener = listener
         self.log = log
         self.counters: dict[str, int] = {}
+        self.allow = AllowStage(core.sflow_allow_file if listener.protocol == "sflow" else core.allow_file,
+                                log, self.counters)
+        self.pretag = PretagStage(core.pre_tag_map, core.maps_refresh, log, self.counters)
 
     def admit(self, batch: PacketBatch) -> PacketBatch:
         """The packets of exporters the allow file lists (all of them without an allow file)."""
-        return batch
+        return self.allow.admit(batch)
 
     def apply(self, records: np.ndarray) -> np.ndarray:
         """Records after core-level tagging (pre_tag_map)."""
-        return records
+        return self.pretag.apply(records)
 
     def reload(self) -> None:
         """Re-read the maps; keep the old ones when a new one is bad."""
+        self.allow.reload()
+        self.pretag.reload()
 
 
 class PluginStage:
@@ -51,10 +60,14 @@ class PluginStage:
         self.core = core
         self.log = log
         self.counters: dict[str, int] = {}
+        self.networks = NetworksStage(plugin, core, log, self.counters)
+        self.filters = PluginFilters.from_plugin(plugin)
 
     def apply(self, records: np.ndarray) -> np.ndarray:
         """Records this plugin aggregates, with networks/AS fields filled as configured."""
-        return records
+        records = self.networks.apply(records)          # networks first, then the filters
+        return self.filters.apply(records, self.counters)
 
     def reload(self) -> None:
         """Re-read the maps; keep the old ones when a new one is bad."""
+        self.networks.reload()

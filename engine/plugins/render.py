@@ -35,7 +35,7 @@ from .aggregate import AggregatedRows
 from .timebins import US, local_offsets
 
 PRINT_ORDER = (
-    "src_mac", "dst_mac", "vlan", "etype", "src_as", "dst_as", "peer_src_as", "peer_dst_as",
+    "tag", "tag2", "label", "src_mac", "dst_mac", "vlan", "etype", "src_as", "dst_as", "peer_src_as", "peer_dst_as",
     "peer_src_ip", "peer_dst_ip", "in_iface", "out_iface", "src_host", "src_net", "dst_host", "dst_net",
     "src_mask", "dst_mask", "src_port", "dst_port", "tcpflags", "proto", "tos", "sampling_rate",
     "timestamp_start", "timestamp_end", "timestamp_arrival", "export_proto_version",
@@ -43,6 +43,7 @@ PRINT_ORDER = (
 
 # Formatted output: each column's width, separator spaces included (BYTES, last, is not padded).
 FORMATTED_WIDTH = {
+    "tag": 22, "tag2": 22, "label": 34,     # tag/label widths: not yet checked against nfacctd's formatted output
     "src_mac": 19, "dst_mac": 19, "vlan": 7, "etype": 7, "src_as": 12, "dst_as": 12,
     "peer_src_as": 12, "peer_dst_as": 12, "peer_src_ip": 47, "peer_dst_ip": 47, "in_iface": 12,
     "out_iface": 12, "src_host": 47, "src_net": 47, "dst_host": 47, "dst_net": 47, "src_mask": 10,
@@ -69,7 +70,7 @@ _HEX2 = np.array([f"{i:02x}" for i in range(256)], dtype=object)
 _ABSENT_DATE = "0000-00-00 00:00:00"
 
 # JSON: which primitives are JSON strings (the others are numbers).
-JSON_STRING_KINDS = ("addr", "mac", "proto", "flags", "etype", "time")
+JSON_STRING_KINDS = ("addr", "mac", "proto", "flags", "etype", "time", "label")
 
 
 def json_is_string(primitive: str) -> bool:
@@ -221,7 +222,14 @@ def primitive_values(rows: AggregatedRows, primitive: str, opts: RenderOptions) 
         return etype_text(values)
     if kind == "time":
         return timestamp_text(values, opts)
+    if kind == "label":
+        return label_text(values)
     return int_values(values)                   # int, flags
+
+
+def label_text(labels: np.ndarray) -> list[str]:
+    """(n, LABEL_BYTES) NUL-padded UTF-8 -> text ("" when unlabelled), one decode per distinct label."""
+    return _by_unique(labels, lambda uniq: [bytes(v).rstrip(b"\0").decode("utf-8", "replace") for v in uniq])
 
 
 def printed_primitives(primitives) -> list[str]:
