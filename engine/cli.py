@@ -90,6 +90,7 @@ def cmd_start(args: argparse.Namespace) -> int:
               f"{', '.join(f'{p.type}[{p.name}]' for p in cfg.plugins)})")
         return 0
     core = cfg.core
+    os.umask(core.files_umask)          # pmacct's files_umask: logs, pidfile, outputs, sockets (children inherit it)
     if core.daemonize:
         if not core.logfile:
             print("pmengine: warning: daemonize without logfile: logs are discarded", file=sys.stderr)

@@ -151,6 +151,7 @@ KEY_CASES = [
     ("timestamps_since_epoch: true", lambda c: c.plugins[0].timestamps_since_epoch, True),
     ("timestamps_utc: true", lambda c: c.plugins[0].timestamps_utc, True),
     ("timestamps_secs: true", lambda c: c.plugins[0].timestamps_secs, True),
+    ("files_umask: 027", lambda c: c.core.files_umask, 0o027),
     ("plugins: print[out]", lambda c: [(p.type, p.name) for p in c.plugins], [("print", "out")]),
     # kafka plugin keys (engine/config/keys_kafka.py)
     ("kafka_refresh_time: 5\nplugins: kafka[k]", lambda c: c.plugins[0].refresh_time, 5),
@@ -198,6 +199,19 @@ KEY_CASES = [
     ("sql_history: 1h\nplugins: pgsql[p]", lambda c: (c.plugins[0].history, c.plugins[0].history_secs),
      ("1h", 3600)),
     ("sql_history_roundoff: h\nplugins: pgsql[p]", lambda c: c.plugins[0].history_roundoff, "h"),
+    # networks (keys_networks.py)
+    ("nfacctd_net: longest", lambda c: c.core.net_source, "longest"),
+    ("sfacctd_net: sflow", lambda c: c.core.sflow_net_source, "flow"),
+    ("nfacctd_as: FILE", lambda c: c.core.as_source, "file"),
+    ("sfacctd_as: longest", lambda c: c.core.sflow_as_source, "longest"),
+    ("use_ip_next_hop: true", lambda c: c.core.use_ip_next_hop, True),
+    ("nfacctd_allow_file: /etc/allow.lst", lambda c: c.core.allow_file, "/etc/allow.lst"),
+    ("sfacctd_allow_file: /etc/allow.lst", lambda c: c.core.sflow_allow_file, "/etc/allow.lst"),
+    ("networks_file: /etc/n.lst", lambda c: c.plugins[0].networks_file, "/etc/n.lst"),
+    ("networks_file_filter: true", lambda c: c.plugins[0].networks_file_filter, True),
+    ("networks_file_no_lpm: true", lambda c: c.plugins[0].networks_file_no_lpm, True),
+    ("networks_mask: 24", lambda c: c.plugins[0].networks_mask, 24),
+    ("networks_cache_entries: 99991", lambda c: c.plugins[0].networks_cache_entries, 99991),
 ]
 
 
@@ -328,6 +342,8 @@ ERRORS = [
     ("nfacctd_pipe_size: 4294967296\n", "nfacctd_pipe_size", 1, ["bad value"]),
     ("daemonize: yes\n", "daemonize", 1, ["bad boolean", "'yes'"]),
     ("daemonize: 1\n", "daemonize", 1, ["bad boolean"]),
+    ("files_umask: 070\n", "files_umask", 1, ["writable by others"]),
+    ("files_umask: 99\n", "files_umask", 1, ["bad umask"]),
     ("print_markers: on\n", "print_markers", 1, ["bad boolean"]),
     ("print_refresh_time: 0\n", "print_refresh_time", 1, ["bad value"]),
     ("print_refresh_time: 5x\n", "print_refresh_time", 1, ["bad integer"]),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 import re
 import socket
 import threading
@@ -130,6 +132,7 @@ imt_path[m]: {pipe}
     while not socket_ready(pipe):
         assert time.monotonic() < deadline, "imt_path socket never appeared"
         time.sleep(0.05)
+    assert stat.S_IMODE(os.stat(pipe).st_mode) == 0o600, "imt_path is owner-only by default (files_umask 077)"
     second_dir = tmp_path / "second"
     second_dir.mkdir()
     from conftest import Collector
@@ -143,3 +146,21 @@ imt_path[m]: {pipe}
     assert log.count("started plugin-memory-m") == 1, "the plugin must not be respawned"
     assert socket_ready(pipe), "the first engine's socket must survive"
     assert first.stop() == 0
+
+
+def test_files_umask_sets_the_socket_mode(collector_factory, tmp_path):
+    pipe = str(tmp_path / "group.pipe")
+    collector = collector_factory(f"""daemonize: false
+nfacctd_ip: 127.0.0.1
+nfacctd_port: {free_udp_port()}
+files_umask: 027
+plugins: memory[m]
+imt_path[m]: {pipe}
+""")
+    collector.wait_listening(1)
+    deadline = time.monotonic() + 30
+    while not socket_ready(pipe):
+        assert time.monotonic() < deadline, "imt_path socket never appeared"
+        time.sleep(0.05)
+    assert stat.S_IMODE(os.stat(pipe).st_mode) == 0o640
+    assert collector.stop() == 0

@@ -22,7 +22,8 @@ import re
 from engine.config.values import (  # noqa: F401  (re-exported: the table's vocabulary)
     GLOBAL, PLUGIN, PRINT_OUTPUTS, PRINT_OUTPUTS_NOT_YET, Key, format_bool, format_list, format_plugins,
     format_separator, int_range, parse_bool, parse_history, parse_ip, parse_latest_file, parse_port,
-    parse_print_output, parse_roundoff, parse_separator, parse_text, positive_int, socket_bytes,
+    parse_print_output, parse_roundoff, parse_separator, parse_text, parse_umask, format_umask, positive_int,
+    socket_bytes,
 )
 from engine.config.keys_kafka import KAFKA_KEYS, KafkaOptions
 from engine.config.keys_memory import MEMORY_KEYS, MemoryOptions
@@ -102,6 +103,8 @@ CORE_AND_PRINT_KEYS: tuple[Key, ...] = (
     Key("nfacctd_templates_file", parse_text, GLOBAL, None, ("core.templates_file",)),
     Key("pcap_savefile", parse_text, GLOBAL, None, ("core.pcap_savefile",)),
     Key("pcap_savefile_wait", parse_bool, GLOBAL, False, ("core.pcap_savefile_wait",), format=format_bool),
+    Key("files_umask", parse_umask, GLOBAL, 0o077, ("core.files_umask",), format=format_umask,
+        doc="mode of what pmengine creates: output files, folders, the memory plugin's socket (077: 0600 / 0700)"),
     # the listener
     Key("nfacctd_ip", parse_ip, GLOBAL, "::", ("listener.ip",)),
     Key("nfacctd_port", parse_port, GLOBAL, 2100, ("listener.port",)),

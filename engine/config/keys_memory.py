@@ -9,9 +9,8 @@ sorted numpy table does not need).
 
 The query socket: pmacct binds imt_path and leaves its mode to the process
 umask (Debian's nfacctd shows srwxrwxrwx); CONFIG-KEYS advises a protected
-directory instead.  pmengine creates it 0600 (owner only); the key table
-holds pmacct keys only, so there is no key for the mode yet (pmacct's global
-`files_umask` would be the compatible place for one).
+directory instead.  pmengine creates it with mode 0666 & ~files_umask
+(pmacct's global key, default 077: 0600, owner only).
 """
 from __future__ import annotations
 
@@ -32,7 +31,6 @@ class MemoryOptions:
     buckets: int = 32771                # imt_buckets: accepted, a sizing hint only
     pools_number: int = 16              # imt_mem_pools_number: 0 = unbounded
     pools_size: int = 8192              # imt_mem_pools_size, bytes
-    path_mode: int = 0o600              # the socket's permission bits (no pmacct key sets it)
 
     def max_bytes(self) -> Optional[int]:
         """Bytes the table may hold, None when unbounded."""

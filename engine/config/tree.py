@@ -67,6 +67,7 @@ class CoreConfig:
     templates_file: Optional[str] = None   # nfacctd_templates_file
     pcap_savefile: Optional[str] = None    # pcap_savefile / -I: read this file instead of a socket
     pcap_savefile_wait: bool = False       # keep running after the file is read
+    files_umask: int = 0o077               # files_umask: mask of files, folders and sockets we create
     counter_file: Optional[str] = None     # sfacctd_counter_file: sFlow counter samples as JSON lines
     counter_output: str = "json"           # sfacctd_counter_output
     sampling_map: Optional[str] = None     # sampling_map file

@@ -164,3 +164,17 @@ class Key:
     plugin_types: Optional[tuple[str, ...]] = None   # plugin keys: types they apply to (None: all)
     format: Callable[[Any], str] = str     # value -> text that parses back to it
     doc: str = ""
+
+
+def parse_umask(text: str) -> int:
+    """files_umask: an octal mask such as 077 or 0027; it must keep others from writing (pmacct: >= 002)."""
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        raise ValueError(f"bad umask {text!r} (expected three octal digits, e.g. 077)")
+    value = int(text, 8)
+    if not value & 0o002:
+        raise ValueError(f"bad umask {text!r}: files writable by others are not allowed (the mask must include 002)")
+    return value
+
+
+def format_umask(value: int) -> str:
+    return f"{value:03o}"

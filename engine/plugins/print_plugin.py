@@ -107,6 +107,7 @@ class PrintWriter:
         self.plugin = plugin
         self.log = log or logging.getLogger(f"pmengine.plugin.{plugin.name}")
         self.fmt = LineFormat(plugin)
+        self.umask = core.files_umask if core is not None else 0o077
         self.stdout_titled = False
         self.rows_written = 0
         self.write_errors = 0
@@ -208,10 +209,10 @@ class PrintWriter:
         try:
             folder = os.path.dirname(path)
             if folder:
-                os.makedirs(folder, mode=0o700, exist_ok=True)
+                os.makedirs(folder, mode=0o777 & ~self.umask, exist_ok=True)
             existed = os.path.exists(path)
             flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-            with os.fdopen(os.open(path, flags, 0o600), "w") as out:
+            with os.fdopen(os.open(path, flags, 0o666 & ~self.umask), "w") as out:
                 self._emit(out, rows, not (append and existed), total, started)
         except OSError as e:
             self.write_errors += 1
@@ -238,7 +239,7 @@ class PrintWriter:
                 return
             folder = os.path.dirname(latest)
             if folder:
-                os.makedirs(folder, mode=0o700, exist_ok=True)
+                os.makedirs(folder, mode=0o777 & ~self.umask, exist_ok=True)
             tmp = f"{latest}.tmp{os.getpid()}"
             if os.path.lexists(tmp):
                 os.unlink(tmp)

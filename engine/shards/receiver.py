@@ -184,10 +184,12 @@ class Shard:
         self.stats.add_expired(self.state.expire_pending(int(now * 1e6)))
         self.stats.kernel_drops = kernel_drops(sock) if sock is not None else 0
         self.stats.rings = {r.name: r.counters() for r in self.rings}
+        self.stats.enrich = dict(self.stage.counters)
         self.stats.save()
 
     def close(self) -> None:
         self.stats.rings = {r.name: r.counters() for r in self.rings}
+        self.stats.enrich = dict(self.stage.counters)
         self.stats.save()
         self.stats.log_summary(log, final=True)
         for r in self.rings:

@@ -27,6 +27,7 @@ class ShardStats:
         self.batches = 0
         self.kernel_drops = 0
         self.rings: dict[str, dict] = {}
+        self.enrich: dict[str, int] = {}   # allow file / pre_tag_map counters (engine/enrich ShardStage)
 
     def add_decode(self, counters: dict, packets: int) -> None:
         self.packets += packets
@@ -53,6 +54,7 @@ class ShardStats:
             "batches": self.batches,
             "kernel_drops": self.kernel_drops,
             "rings": self.rings,
+            "enrich": self.enrich,
             "exporters": {exporter_text(a): asdict(c) for a, c in self.exporters.items()},
         }
 
@@ -70,6 +72,9 @@ class ShardStats:
         drops = sum(r.get("dropped_records", 0) for r in d["rings"].values())
         log.info("shard %d %s: packets=%d batches=%d kernel_drops=%d ring_dropped_records=%d",
                  self.shard_id, what, d["packets"], d["batches"], d["kernel_drops"], drops)
+        if d["enrich"]:
+            log.info("shard %d %s, enrichment: %s", self.shard_id, what,
+                     " ".join(f"{k}={v}" for k, v in sorted(d["enrich"].items())))
         for name, c in sorted(d["exporters"].items()):
             log.info("shard %d %s, exporter %s: %s", self.shard_id, what, name,
                      " ".join(f"{k}={v}" for k, v in c.items()))

@@ -151,7 +151,7 @@ def memory_main(plugin: PluginConfig, core: CoreConfig, ring_names: list[str],
     options = plugin.options if isinstance(plugin.options, MemoryOptions) else MemoryOptions()
     rings = [Ring.attach(name) for name in ring_names]
     try:
-        server = QueryServer(options.path, options.path_mode, log)
+        server = QueryServer(options.path, 0o666 & ~core.files_umask, log)   # files_umask 077: 0600
     except OSError as e:                # in use, not a socket, no such folder: a restart cannot fix it
         from ...config import ConfigError
         raise ConfigError(f"plugin '{plugin.name}': cannot serve queries on imt_path {options.path}: {e}",
