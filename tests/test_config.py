@@ -212,6 +212,11 @@ KEY_CASES = [
     ("networks_file_no_lpm: true", lambda c: c.plugins[0].networks_file_no_lpm, True),
     ("networks_mask: 24", lambda c: c.plugins[0].networks_mask, 24),
     ("networks_cache_entries: 99991", lambda c: c.plugins[0].networks_cache_entries, 99991),
+    ("pre_tag_map: /dev/null", lambda c: c.core.pre_tag_map, "/dev/null"),
+    ("aggregate_filter: udp and port 53", lambda c: c.plugins[0].aggregate_filter, "udp and port 53"),
+    ("pre_tag_filter: 1,3-5,-4", lambda c: c.plugins[0].pre_tag_filter, "1,3-5,-4"),
+    ("pre_tag2_filter: 0", lambda c: c.plugins[0].pre_tag2_filter, "0"),
+    ("pre_tag_label_filter: red,null", lambda c: c.plugins[0].pre_tag_label_filter, "red,null"),
 ]
 
 
@@ -330,7 +335,7 @@ ERRORS = [
     ("plugins: print[a b]\n", "plugins", 1, ["'a b'"]),
     ("plugins: print,\n", "plugins", 1, ["plugin declaration"]),
     ("aggregate: src_host, dst_hots\n", "aggregate", 1, ["unknown primitive", "'dst_hots'"]),
-    ("aggregate: src_host, tag\n", "aggregate", 1, ["'tag'", "not implemented yet"]),
+    ("aggregate: src_host, class\n", "aggregate", 1, ["'class'", "not implemented yet"]),
     ("aggregate: src_host,,proto\n", "aggregate", 1, ["empty primitive"]),
     ("aggregate:\n", "aggregate", 1, ["missing value"]),
     ("nfacctd_port: seventy\n", "nfacctd_port", 1, ["bad integer", "'seventy'"]),

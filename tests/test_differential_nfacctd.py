@@ -19,8 +19,8 @@ import pytest
 
 from conftest import CAPTURES, NFACCTD, captures_or_skip, run_nfacctd_pcap, run_pmengine_pcap
 
-# nfacctd spends ~4 s idle at exit after a pcap; the reference runs go in parallel, once per session.
-REFERENCE_WORKERS = 8
+# nfacctd spends ~4 s idle at exit after a pcap: both collectors' runs go in one pool, once per session.
+RUN_WORKERS = 6
 
 def data_before_template() -> set[str]:
     """Captures where MANIFEST.md (tshark, one pass) notes data sets that precede their template."""
@@ -141,32 +141,45 @@ def assert_superset(reference: Path, ours: Path, what: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory) -> dict[str, Path]:
-    """nfacctd's output folder for every capture of the corpus, computed in parallel.
+def runs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """(nfacctd's output folder, pmengine's output folder, or the error of either) for every capture.
 
-    nfacctd's print writers are forked and may outlive its core, and on a loaded machine a plugin
-    that starts late misses records: each run is accepted only when all four plugins logged their
-    purge and agree on the packet total, else it is run again (at most 3 times).
+    Both collectors run on every capture of the corpus in one pool of workers, so nfacctd's idle
+    seconds at exit overlap pmengine's start-up.  nfacctd's print writers are forked and may outlive
+    its core, and on a loaded machine a plugin that starts late misses records: each reference run is
+    accepted only when all four plugins logged their purge and agree on the packet total, else it is
+    run again (at most 3 times).
     """
     captures_or_skip()
     if NFACCTD is None:
         pytest.skip("nfacctd (Debian package pmacct) is not installed")
-    root = tmp_path_factory.mktemp("nfacctd")
-    folders: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("differential")
+    results: dict[str, object] = {}
 
-    def run(capture: str) -> None:
+    def reference(capture: str) -> Path:
         for attempt in range(3):
-            folder = root / f"c{corpus().index(capture)}-{attempt}"
+            folder = root / f"c{corpus().index(capture)}-nfacctd-{attempt}"
             folder.mkdir()
             proc = run_nfacctd_pcap(config(CAPTURES / capture, folder), folder)
             if reference_complete(folder, proc.stderr):
-                folders[capture] = folder
-                return
+                return folder
         raise AssertionError(f"nfacctd gave inconsistent output three times on {capture}")
 
-    with ThreadPoolExecutor(REFERENCE_WORKERS) as pool:
+    def ours(capture: str) -> Path:
+        folder = root / f"c{corpus().index(capture)}-pmengine"
+        folder.mkdir()
+        run_pmengine_pcap(config(CAPTURES / capture, folder), folder)
+        return folder
+
+    def run(capture: str) -> None:
+        try:
+            results[capture] = (reference(capture), ours(capture))
+        except BaseException as e:      # reported by that capture's test, not by the fixture
+            results[capture] = e
+
+    with ThreadPoolExecutor(RUN_WORKERS) as pool:
         list(pool.map(run, corpus()))
-    return folders
+    return results
 
 
 def reference_complete(folder: Path, log: str) -> bool:
@@ -182,12 +195,13 @@ def reference_complete(folder: Path, log: str) -> bool:
     return len(sums) == 1
 
 
+@pytest.mark.timeout(1200)        # the first test also waits for the session's runs of the whole corpus
 @pytest.mark.parametrize("capture", corpus())
-def test_same_rows_as_nfacctd(capture: str, reference: dict[str, Path], tmp_path: Path) -> None:
-    pcap = CAPTURES / capture
-    ref, ours = reference[capture], tmp_path / "pmengine"
-    ours.mkdir()
-    run_pmengine_pcap(config(pcap, ours), ours)
+def test_same_rows_as_nfacctd(capture: str, runs: dict) -> None:
+    result = runs[capture]
+    if isinstance(result, BaseException):
+        raise result
+    ref, ours = result
     if capture in TOTALS_ONLY:
         for agg in AGGREGATES:
             assert totals(ours / f"{agg}_json.json") == totals(ref / f"{agg}_json.json"), capture

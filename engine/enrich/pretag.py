@@ -166,7 +166,7 @@ def _prefix(column: str, text: str) -> Test:
     prefix = _addr16(str(net.network_address))
     if net.version == 4:
         return lambda rec: _prefix_mask_test(rec[column], prefix, 96 + net.prefixlen)
-    mapped = bytes(10) + b"\xff\xff"
+    mapped = bytes(10) + b"\xff\xff" + bytes(4)
     return lambda rec: _prefix_mask_test(rec[column], prefix, net.prefixlen) & \
         ~_prefix_mask_test(rec[column], mapped, 96)
 
