@@ -132,10 +132,17 @@ class Supervisor:
             code = proc.exitcode
             proc.join(0)
             child.process = None
-            if code == 0 and not child.restartable:
+            if not child.restartable:
                 child.finished = True
-                log.info("%s finished", child.name)
-                continue
+                if code == 0:
+                    log.info("%s finished", child.name)
+                    continue
+                # a pcap shard cannot be restarted (it would read the file again): flush what arrived, fail
+                log.error("%s (pid %s) died with exit code %s; it cannot be restarted: stopping",
+                          child.name, proc.pid, code)
+                self.exit_code = self.exit_code or 1
+                self.begin_stop()
+                return
             if code == EXIT_CONFIG:
                 log.error("%s stopped on a configuration error: halting", child.name)
                 self.exit_code = EXIT_CONFIG

@@ -166,3 +166,37 @@ def test_killed_shard_is_restarted_and_collects_again(collector_factory, tmp_pat
     time.sleep(1.0)
     assert collector.stop() == 0
     assert read_rows(out) == expected
+
+
+def test_pcap_shard_that_dies_stops_the_engine_with_an_error(tmp_path):
+    """A pcap shard cannot be restarted (it would read the file again): its death ends the run, exit 1."""
+    import subprocess
+    from conftest import REPO, pmengine_cmd
+    fifo = tmp_path / "capture.pcap"
+    os.mkfifo(fifo)
+    conf = tmp_path / "pcap.conf"
+    conf.write_text(f"daemonize: false\npcap_savefile: {fifo}\nplugins: print\n"
+                    f"print_output_file: {tmp_path}/out.txt\n")
+    log_path = tmp_path / "pmengine.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(pmengine_cmd("start", "-f", str(conf)), cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        writer = open(fifo, "wb")          # blocks until the shard opens the FIFO: it is alive and reading
+        writer.write(b"\xd4\xc3\xb2\xa1")  # pcap magic, then nothing: the shard waits for more
+        writer.flush()
+        match = None
+        deadline = time.monotonic() + 30
+        while match is None and time.monotonic() < deadline:
+            match = re.search(r"started shard-0 \(pid (\d+)\)", log_path.read_text())
+            time.sleep(0.05)
+        assert match, log_path.read_text()
+        os.kill(int(match.group(1)), signal.SIGKILL)
+        assert proc.wait(60) == 1
+        writer.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log_path.read_text()
+    assert "cannot be restarted" in text and text.count("started shard-0") == 1

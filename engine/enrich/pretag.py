@@ -60,6 +60,49 @@ class PretagEntry:
         return mask
 
 
+class ExporterIndex:
+    """The exporter runs of a batch (records of one export packet are adjacent) and each record's run:
+    exporter tests run once per run head instead of once per record."""
+
+    def __init__(self, records: np.ndarray) -> None:
+        n = len(records)
+        words = np.ascontiguousarray(records["peer_src_ip"]).view(">u8")
+        heads = np.flatnonzero(np.concatenate(([True], (words[1:] != words[:-1]).any(axis=1))))
+        if len(heads) > max(1, n // 8):             # records not grouped by packet: test them all directly
+            self.addresses = words.view(np.uint8).reshape(n, 16)
+            self.ids = np.arange(n)
+            return
+        self.addresses = words[heads].view(np.uint8).reshape(len(heads), 16)
+        self.ids = np.repeat(np.arange(len(heads)), np.diff(np.append(heads, n)))
+
+
+class RecordSubset:
+    """records[idx] for the entry tests without copying whole records: a column is gathered on first use.
+
+    idx None: all records.  Exporter tests (`ip=`) run once per distinct exporter (by_exporter).
+    """
+    __slots__ = ("records", "idx", "cache", "exporters")
+
+    def __init__(self, records: np.ndarray, idx: Optional[np.ndarray], exporters: ExporterIndex) -> None:
+        self.records, self.idx, self.cache, self.exporters = records, idx, {}, exporters
+
+    def __len__(self) -> int:
+        return len(self.records) if self.idx is None else len(self.idx)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        column = self.cache.get(name)
+        if column is None:
+            column = self.records[name] if self.idx is None else self.records[name][self.idx]
+            self.cache[name] = column
+        return column
+
+    def by_exporter(self, test: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """test(distinct exporter addresses (k, 16)) -> bool (k,), spread over these records."""
+        per_exporter = test(self.exporters.addresses)
+        ids = self.exporters.ids if self.idx is None else self.exporters.ids[self.idx]
+        return per_exporter[ids]
+
+
 @dataclass
 class PretagMap:
     path: str
@@ -76,18 +119,28 @@ class PretagMap:
         todo = np.arange(n)                         # records still being evaluated
         resume = np.zeros(n, dtype=np.int64)        # per record: the first entry it may match
         labels: dict[int, bytes] = {}               # record -> label text, when a jump appends labels
+        exporters = ExporterIndex(records)
+        everything = RecordSubset(records, None, exporters)
+        subset, subset_of = everything, None       # the records the entries are tested on (columns cached)
         for i, entry in enumerate(self.entries):
             if len(todo) == 0:
                 break
             here = todo[resume[todo] <= i]
             if len(here) == 0:
                 continue
-            hit = here[entry.match(records[here])]
-            if len(hit) == 0:
+            if len(here) == n:
+                subset = everything
+            elif subset_of is None or len(subset_of) != len(here) or not np.array_equal(subset_of, here):
+                subset, subset_of = RecordSubset(records, here, exporters), here
+            matched = entry.match(subset)
+            if not matched.any():
                 continue
+            hit = here[matched]
             self._set(records, hit, entry, labels)
             if entry.jump is None:
-                todo = np.setdiff1d(todo, hit, assume_unique=True)
+                keep = np.ones(n, dtype=bool)
+                keep[hit] = False
+                todo = todo[keep[todo]]
             else:
                 resume[hit] = entry.jump
         if labels:
@@ -161,22 +214,36 @@ def _bytes_eq(column: str, value: bytes) -> Test:
 
 
 def _prefix(column: str, text: str) -> Test:
-    """An address under the prefix, of the prefix's family (ip=::/0 matches no IPv4 exporter, as nfacctd)."""
+    """An address under the prefix, of the prefix's family (ip=::/0 matches no IPv4 exporter, as nfacctd).
+
+    On the exporter column the test runs once per distinct exporter of the batch."""
     net = ipaddress.ip_network(text, strict=False)
     prefix = _addr16(str(net.network_address))
     if net.version == 4:
-        return lambda rec: _prefix_mask_test(rec[column], prefix, 96 + net.prefixlen)
-    mapped = bytes(10) + b"\xff\xff" + bytes(4)
-    return lambda rec: _prefix_mask_test(rec[column], prefix, net.prefixlen) & \
-        ~_prefix_mask_test(rec[column], mapped, 96)
+        def test(addr: np.ndarray) -> np.ndarray:
+            return _prefix_mask_test(addr, prefix, 96 + net.prefixlen)
+    else:
+        mapped = bytes(10) + b"\xff\xff" + bytes(4)
+
+        def test(addr: np.ndarray) -> np.ndarray:
+            return _prefix_mask_test(addr, prefix, net.prefixlen) & ~_prefix_mask_test(addr, mapped, 96)
+    if column == "peer_src_ip":
+        return lambda rec: rec.by_exporter(test)
+    return lambda rec: test(rec[column])
 
 
 def _prefix_mask_test(addr: np.ndarray, prefix: bytes, bits: int) -> np.ndarray:
+    """Addresses (n, 16 bytes) under prefix/bits, compared as two big-endian 64-bit words."""
     mask = np.zeros(16, dtype=np.uint8)
     mask[:bits // 8] = 0xFF
     if bits % 8:
         mask[bits // 8] = (0xFF << (8 - bits % 8)) & 0xFF
-    return np.all((addr & mask) == (np.frombuffer(prefix, np.uint8) & mask), axis=1)
+    mask_words = mask.view(">u8")
+    want = np.frombuffer(prefix, np.uint8).view(">u8") & mask_words
+    words = np.ascontiguousarray(addr).view(">u8")
+    hit = (words[:, 1] & mask_words[1]) == want[1]
+    hit &= (words[:, 0] & mask_words[0]) == want[0]
+    return hit
 
 
 def _mac(text: str) -> bytes:
