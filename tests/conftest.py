@@ -54,6 +54,24 @@ def run_nfacctd_pcap(conf: str, workdir: Path, timeout: float = 120) -> subproce
     return proc
 
 
+def nfacctd_reference(make_conf, base: Path, plugins, daemon: str = "nfacctd", attempts: int = 3) -> Path:
+    """A validated reference run of nfacctd (or sfacctd) on a pcap_savefile config.
+
+    make_conf(folder) -> configuration text writing into folder.  pmacct 1.7.7's print writers are
+    forked and may outlive the core: a run is accepted only when every plugin in `plugins` logged
+    exactly one purge (none missing, none duplicated), else it is run again.
+    """
+    runner = run_nfacctd_pcap if daemon == "nfacctd" else globals()["run_sfacctd_pcap"]
+    for attempt in range(attempts):
+        folder = base / f"{daemon}-{attempt}"
+        folder.mkdir()
+        proc = runner(make_conf(folder), folder)
+        if all(proc.stderr.count(f"( {name}/print ): *** Purging cache - END") == 1 for name in plugins):
+            time.sleep(0.3)             # forked writers may still be flushing their files
+            return folder
+    raise AssertionError(f"{daemon} gave an incomplete or duplicated purge {attempts} times")
+
+
 class Collector:
     """A live `pmengine start` process; stopped by its PID with SIGTERM."""
 

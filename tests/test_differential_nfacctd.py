@@ -82,7 +82,7 @@ def config(pcap: Path, outdir: Path) -> str:
                       f"print_output_file[{name}]: {outdir}/{name}.{fmt}"]
     lines += ["plugins: " + ", ".join(names),
               "print_output_file_append: true",
-              "print_refresh_time: 60",
+              "print_refresh_time: 86400",
               "print_history: 5m",
               "print_history_roundoff: m"]
     return "\n".join(lines) + "\n"

@@ -43,7 +43,7 @@ ZERO_IPV6_BGP_NEXT_HOP = ("use_ip_next_hop: nfacctd takes the IP next hop only w
 
 def config(pcap: Path, nets: Path, out: Path, mode: str) -> str:
     return (f"pcap_savefile: {pcap}\nplugins: print[p]\naggregate[p]: {AGGREGATE}\nprint_output[p]: json\n"
-            f"print_output_file[p]: {out}\nprint_output_file_append: true\nprint_refresh_time: 60\n"
+            f"print_output_file[p]: {out}\nprint_output_file_append: true\nprint_refresh_time: 86400\n"
             f"networks_file[p]: {nets}\n" + MODES[mode])
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_nfacctd_pcap, run_pmengine_pcap
+from conftest import nfacctd_reference, run_pmengine_pcap
 from netflow_encoder import Field, Template, V5Record, data_set, ipfix_message, template_set, v5_packet
 from test_differential_nfacctd import json_rows
 
@@ -128,7 +128,7 @@ def make_capture(path: Path, seed: int = 6) -> None:
 def config(pcap: Path, mapfile: Path, outdir: Path) -> str:
     lines = [f"pcap_savefile: {pcap}", f"pre_tag_map: {mapfile}", "plugins: " +
              ", ".join(f"print[{n}]" for n in PLUGINS), "print_output_file_append: true",
-             "print_refresh_time: 60", "print_output: json"]
+             "print_refresh_time: 86400", "print_output: json"]
     for name, (agg, extra) in PLUGINS.items():
         lines += [f"aggregate[{name}]: {agg}", f"print_output_file[{name}]: {outdir}/{name}.json"]
         lines += [f"{key}[{name}]: {value}" for key, value in extra.items()]
@@ -141,12 +141,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     pcap, mapfile = base / "traffic.pcap", base / "pretag.map"
     make_capture(pcap)
     mapfile.write_text(PRETAG_MAP)
-    out = {}
-    for who, run in (("nfacctd", run_nfacctd_pcap), ("pmengine", run_pmengine_pcap)):
-        folder = base / who
-        folder.mkdir()
-        run(config(pcap, mapfile, folder), folder)
-        out[who] = folder
+    out = {"nfacctd": nfacctd_reference(lambda folder: config(pcap, mapfile, folder), base, PLUGINS)}
+    folder = base / "pmengine"
+    folder.mkdir()
+    run_pmengine_pcap(config(pcap, mapfile, folder), folder)
+    out["pmengine"] = folder
     return out
 
 

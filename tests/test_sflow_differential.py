@@ -72,7 +72,7 @@ def config(pcap: Path, outdir: Path, renormalize: bool) -> str:
             names.append(f"print[{name}]")
             lines += [f"aggregate[{name}]: {prims}", f"print_output[{name}]: {fmt}",
                       f"print_output_file[{name}]: {outdir}/{name}.{fmt}"]
-    lines += ["plugins: " + ", ".join(names), "print_output_file_append: true", "print_refresh_time: 60",
+    lines += ["plugins: " + ", ".join(names), "print_output_file_append: true", "print_refresh_time: 86400",
               "print_history: 5m", "print_history_roundoff: m"]
     return "\n".join(lines) + "\n"
 

@@ -54,7 +54,7 @@ def test_nfacctd_renormalize_same_rows_as_nfacctd(tmp_path, renormalize):
         conf = (f"pcap_savefile: {pcap}\nnfacctd_renormalize: {str(renormalize).lower()}\nplugins: print[p]\n"
                 "aggregate[p]: peer_src_ip, src_host, dst_host, sampling_rate\nprint_output[p]: json\n"
                 f"print_output_file[p]: {folder}/out.json\nprint_output_file_append[p]: true\n"
-                "print_refresh_time[p]: 60\n")
+                "print_refresh_time[p]: 86400\n")
         run(conf, folder)
         results[who] = rows(folder / "out.json")
     assert len(results["nfacctd"]) == 40
