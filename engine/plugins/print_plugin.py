@@ -32,8 +32,9 @@ import numpy as np
 from ..config.tree import CoreConfig, PluginConfig
 from ..schema import PRIMITIVES
 from .aggregate import AggregatedRows
+from .destinations import expand_name, split_by_name
 from .render import (COUNTER_KEYS, FORMATTED_WIDTH, RenderOptions, counter_names, int_values, json_is_string,
-                     peer_text, primitive_values, printed_primitives, stamp_text)
+                     primitive_values, printed_primitives, stamp_text)
 
 CHUNK_ROWS = 65536
 JSON_COUNTER_ORDER = ("flows", "packets", "bytes")     # CSV / formatted: PACKETS, FLOWS, BYTES
@@ -116,17 +117,7 @@ class PrintWriter:
     # -- file names ---------------------------------------------------------------
     def expand(self, template: str, when_s: Optional[int], peer: Optional[str]) -> str:
         """print_output_file / print_latest_file variables (when_s None: no strftime)."""
-        out = template
-        if when_s is not None and "%" in out:
-            tm = time.gmtime(when_s) if self.plugin.timestamps_utc else time.localtime(when_s)
-            out = time.strftime(out, tm)
-        if "$" in out:
-            tm = time.localtime(when_s if when_s is not None else time.time())
-            off = 0 if self.plugin.timestamps_utc else tm.tm_gmtoff
-            tzone = "Z" if off == 0 else f"{'+' if off > 0 else '-'}{abs(off) // 3600:02d}:{abs(off) % 3600 // 60:02d}"
-            out = (out.replace("$peer_src_ip", peer or "null").replace("$ref", str(self.plugin.refresh_time))
-                   .replace("$hst", str(self.plugin.history_secs)).replace("$tzone", tzone))
-        return out
+        return expand_name(template, when_s, peer, self.plugin)
 
     def targets(self, rows: AggregatedRows) -> Iterator[tuple[str, np.ndarray, Optional[str]]]:
         """(path, row indices, $peer_src_ip text) per output file; path "" is stdout."""
@@ -134,26 +125,8 @@ class PrintWriter:
         if not template:
             yield "", np.arange(len(rows)), None
             return
-        by_time = "%" in template and rows.stamp_inserted is not None
-        by_peer = "$peer_src_ip" in template and "peer_src_ip" in rows.primitives
-        if not (by_time or by_peer):
-            yield self.expand(template, rows.stamp_updated, None), np.arange(len(rows)), None
-            return
-        stamps = rows.stamp_inserted if by_time else np.zeros(len(rows), np.int64)
-        peers, peer_ids = [None], np.zeros(len(rows), np.intp)
-        if by_peer:
-            packed = np.ascontiguousarray(rows.column("peer_src_ip")).view("V16").ravel()
-            uniq, peer_ids = np.unique(packed, return_inverse=True)
-            peer_ids = peer_ids.ravel()
-            peers = [t.replace(".", "_").replace(":", "_") for t in peer_text(uniq.view(np.uint8).reshape(-1, 16))]
-        order = np.lexsort((peer_ids, stamps))
-        s_sorted, p_sorted = stamps[order], peer_ids[order]
-        starts = np.flatnonzero(np.r_[True, (s_sorted[1:] != s_sorted[:-1]) | (p_sorted[1:] != p_sorted[:-1])])
-        for idx in np.split(order, starts[1:]):
-            first = idx[0]
-            when = int(stamps[first]) if by_time else rows.stamp_updated
-            peer = peers[peer_ids[first]]
-            yield self.expand(template, when, peer), idx, peer
+        for path, idx, _when, peer in split_by_name(template, rows, self.plugin):
+            yield path, idx, peer
 
     # -- writing --------------------------------------------------------------------
     def write(self, rows: AggregatedRows) -> int:

@@ -3,27 +3,22 @@
 Refreshes are aligned on the wall clock like nfacctd's (a 10 s refresh purges
 at :00, :10, :20 ...).  Signals: SIGINT is ignored (the supervisor
 coordinates), SIGTERM asks for a clean stop (drain every ring, final purge,
-exit 0), SIGUSR1 logs the counters.  A writer error is logged and counted,
+exit 0), SIGUSR1 logs the counters, SIGUSR2 reloads the maps.  A writer error is logged and counted,
 never fatal.  Counters are saved as JSON at stats_path for `pmengine stats`.
 """
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
-import signal
 import time
 from typing import Optional
 
 from ..config.tree import CoreConfig, PluginConfig
-from ..proc import handlers_installed
-from ..enrich import PluginStage
 from .aggregate import Aggregator
+from .loop import RingLoop, install_signals
 
 IDLE_SLEEP = 0.02           # seconds to sleep when every ring is empty
-READ_CHUNK = 1 << 18        # records taken from one ring per read
-STATS_EVERY = 1.0           # seconds between stats file refreshes
 
 
 def next_refresh(now: float, refresh: int) -> float:
@@ -41,40 +36,21 @@ def make_writer(plugin: PluginConfig, core: CoreConfig, log: logging.Logger):
     return getattr(importlib.import_module(module), name)(plugin, core, log)
 
 
-class PluginLoop:
+class PluginLoop(RingLoop):
     """State of one plugin process; run() is the loop, the rest is testable on its own."""
 
     def __init__(self, plugin: PluginConfig, core: CoreConfig, rings: list, stats_path: Optional[str] = None,
                  writer=None, log: Optional[logging.Logger] = None) -> None:
-        self.plugin = plugin
-        self.log = log or logging.getLogger(f"pmengine.plugin.{plugin.name}")
-        self.rings = rings
-        self.stats_path = stats_path
+        super().__init__(plugin, core, rings, stats_path, log)
         self.aggregator = Aggregator(plugin, core)
-        self.stage = PluginStage(plugin, core, self.log)
-        self.reload_requested = False
         self.writer = writer or make_writer(plugin, core, self.log)
-        self.stop_requested = False
-        self.stats_requested = False
         self.purges = 0
         self.purge_errors = 0
         self.rows_purged = 0
-        self.records = 0
         self.next_purge = next_refresh(time.time(), plugin.refresh_time)
-        self._stats_due = 0.0
 
-    def drain_once(self) -> int:
-        """Read every ring once into the aggregator; records read."""
-        got = 0
-        for ring in self.rings:
-            batch = ring.read(READ_CHUNK)
-            if len(batch):
-                got += len(batch)
-                batch = self.stage.apply(batch)
-                if len(batch):
-                    self.aggregator.add(batch)
-        self.records += got
-        return got
+    def consume(self, batch) -> None:
+        self.aggregator.add(batch)
 
     def purge(self) -> None:
         """Hand everything aggregated to the writer, with nfacctd-like log lines."""
@@ -107,20 +83,12 @@ class PluginLoop:
             self.log.error("writer poll failed: %s", e, exc_info=True)
 
     def counters(self) -> dict:
-        rings = {}
-        for ring in self.rings:
-            try:
-                rings[ring.name] = ring.counters()
-            except Exception:           # a closed ring
-                continue
         return {
-            "plugin": self.plugin.name, "type": self.plugin.type, "pid": os.getpid(), "time": time.time(),
-            "records": self.records, "groups_pending": self.aggregator.rows, "purges": self.purges,
+            **self.base_counters(), "groups_pending": self.aggregator.rows, "purges": self.purges,
             "rows_purged": self.rows_purged, "purge_errors": self.purge_errors,
             "rows_written": getattr(self.writer, "rows_written", 0),
             "write_errors": getattr(self.writer, "write_errors", 0),
-            "hash_collisions": self.aggregator.collisions, "rings": rings, "enrich": dict(self.stage.counters),
-            "writer": self._writer_counters(),
+            "hash_collisions": self.aggregator.collisions, "writer": self._writer_counters(),
         }
 
     def _writer_counters(self) -> dict:
@@ -134,20 +102,9 @@ class PluginLoop:
             self.log.warning("writer counters: %s", e)
             return {}
 
-    def save_stats(self) -> None:
-        if not self.stats_path:
-            return
-        try:
-            tmp = f"{self.stats_path}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(self.counters(), f)
-            os.replace(tmp, self.stats_path)
-        except OSError as e:
-            self.log.warning("cannot save stats to %s: %s", self.stats_path, e)
-
     def log_counters(self) -> None:
         c = self.counters()
-        drops = sum(r.get("dropped_records", 0) for r in c["rings"].values())
+        drops = self.ring_drops(c)
         self.log.info("plugin %s: records=%d purges=%d rows_written=%d write_errors=%d groups_pending=%d "
                       "ring_dropped_records=%d", c["plugin"], c["records"], c["purges"], c["rows_written"],
                       c["write_errors"], c["groups_pending"], drops)
@@ -168,15 +125,7 @@ class PluginLoop:
         elif self.aggregator.full:
             self.log.warning("cache full (%d groups): purging early", self.aggregator.rows)
             self.purge()
-        if self.stats_requested:
-            self.stats_requested = False
-            self.log_counters()
-        if self.reload_requested:
-            self.reload_requested = False
-            self.stage.reload()
-        if now >= self._stats_due:
-            self.save_stats()
-            self._stats_due = now + STATS_EVERY
+        self.serve_requests(now)
         if not got:
             time.sleep(IDLE_SLEEP)
         return True
@@ -187,11 +136,7 @@ class PluginLoop:
                 pass
         finally:
             self.save_stats()
-            for ring in self.rings:
-                try:
-                    ring.close()
-                except Exception as e:
-                    self.log.warning("closing ring %s: %s", getattr(ring, "name", "?"), e)
+            self.close_rings()
             close = getattr(self.writer, "close", None)
             if close:
                 close()
@@ -202,23 +147,9 @@ def plugin_main(plugin: PluginConfig, core: CoreConfig, ring_names: list[str],
     """Entry point of a plugin process (started with multiprocessing 'spawn')."""
     from ..ipc.ring import Ring
     log = logging.getLogger(f"pmengine.plugin.{plugin.name}")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     rings = [Ring.attach(name) for name in ring_names]
     loop = PluginLoop(plugin, core, rings, stats_path, log=log)
-
-    def on_term(_sig, _frame):
-        loop.stop_requested = True
-
-    def on_usr1(_sig, _frame):
-        loop.stats_requested = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    def on_usr2(_sig, _frame):
-        loop.reload_requested = True
-
-    signal.signal(signal.SIGUSR1, on_usr1)
-    signal.signal(signal.SIGUSR2, on_usr2)
-    handlers_installed()
+    install_signals(loop)
     log.info("%s plugin %s started: aggregate %s, refresh %ds, %d ring(s)", plugin.type, plugin.name,
              ", ".join(plugin.aggregate), plugin.refresh_time, len(rings))
     loop.run()

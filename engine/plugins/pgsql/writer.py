@@ -23,12 +23,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 
 from ...config.keys_sql import SqlOptions
 from ...config.tree import CoreConfig, PluginConfig
 from ..aggregate import AggregatedRows
-from ..render import peer_text
+from ..destinations import expand_name, split_by_name
 from .columns import copy_text, default_table, plan_columns, staged_columns
 from .sql import table_exists, unique_key, write_batch
 
@@ -168,39 +167,11 @@ class PgsqlWriter:
     # -- table names ------------------------------------------------------------------------
     def expand(self, template: str, when_s: int, peer: Optional[str]) -> str:
         """sql_table variables: strftime (local time, or UTC with timestamps_utc), $peer_src_ip, $ref, $hst."""
-        out = template
-        if "%" in out:
-            tm = time.gmtime(when_s) if self.plugin.timestamps_utc else time.localtime(when_s)
-            out = time.strftime(out, tm)
-        if "$" in out:
-            off = 0 if self.plugin.timestamps_utc else time.localtime(when_s).tm_gmtoff
-            tzone = "Z" if off == 0 else f"{'+' if off > 0 else '-'}{abs(off) // 3600:02d}:{abs(off) % 3600 // 60:02d}"
-            out = (out.replace("$peer_src_ip", peer or "null").replace("$ref", str(self.plugin.refresh_time))
-                   .replace("$hst", str(self.plugin.history_secs)).replace("$tzone", tzone))
-        return out
+        return expand_name(template, when_s, peer, self.plugin)
 
     def targets(self, rows: AggregatedRows):
         """(table, row indices, expansion time, $peer_src_ip text) per target table of a purge."""
-        by_time = "%" in self.table and rows.stamp_inserted is not None
-        by_peer = "$peer_src_ip" in self.table and "peer_src_ip" in rows.primitives
-        if not (by_time or by_peer):
-            yield self.expand(self.table, rows.stamp_updated, None), np.arange(len(rows)), rows.stamp_updated, None
-            return
-        stamps = rows.stamp_inserted if by_time else np.zeros(len(rows), np.int64)
-        peers, peer_ids = [None], np.zeros(len(rows), np.intp)
-        if by_peer:
-            packed = np.ascontiguousarray(rows.column("peer_src_ip")).view("V16").ravel()
-            uniq, peer_ids = np.unique(packed, return_inverse=True)
-            peer_ids = peer_ids.ravel()
-            peers = [t.replace(".", "_").replace(":", "_") for t in peer_text(uniq.view(np.uint8).reshape(-1, 16))]
-        order = np.lexsort((peer_ids, stamps))
-        s_sorted, p_sorted = stamps[order], peer_ids[order]
-        starts = np.flatnonzero(np.r_[True, (s_sorted[1:] != s_sorted[:-1]) | (p_sorted[1:] != p_sorted[:-1])])
-        for idx in np.split(order, starts[1:]):
-            first = idx[0]
-            when = int(stamps[first]) if by_time else rows.stamp_updated
-            peer = peers[peer_ids[first]]
-            yield self.expand(self.table, when, peer), idx, when, peer
+        return split_by_name(self.table, rows, self.plugin)
 
     # -- the writer thread --------------------------------------------------------------------
     def _ensure_thread(self) -> None:

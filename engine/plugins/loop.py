@@ -1,0 +1,126 @@
+"""What every plugin process loop shares: draining its rings through the plugin's enrichment stage,
+requests set by signal handlers, the stats JSON file, and closing the rings.
+
+Subclasses (runner.PluginLoop for print/pgsql/kafka, memory.plugin.MemoryLoop) say what a batch becomes
+(consume), what their counters are (counters, log_counters) and what one loop turn does (step).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Optional
+
+import numpy as np
+
+from ..config.tree import CoreConfig, PluginConfig
+from ..enrich import PluginStage
+from ..proc import handlers_installed
+
+READ_CHUNK = 1 << 18        # records taken from one ring per read
+STATS_EVERY = 1.0           # seconds between stats file refreshes
+
+
+class RingLoop:
+    def __init__(self, plugin: PluginConfig, core: Optional[CoreConfig], rings: list, stats_path: Optional[str],
+                 log: Optional[logging.Logger]) -> None:
+        self.plugin = plugin
+        self.rings = rings
+        self.stats_path = stats_path
+        self.log = log or logging.getLogger(f"pmengine.plugin.{plugin.name}")
+        self.stage = PluginStage(plugin, core or CoreConfig(), self.log)
+        self.records = 0
+        self.stop_requested = False     # SIGTERM
+        self.stats_requested = False    # SIGUSR1
+        self.reload_requested = False   # SIGUSR2
+        self._stats_due = 0.0
+
+    def consume(self, batch: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def counters(self) -> dict:
+        raise NotImplementedError
+
+    def log_counters(self) -> None:
+        raise NotImplementedError
+
+    def drain_once(self) -> int:
+        """Read every ring once through the enrichment stage into consume(); records read."""
+        got = 0
+        for ring in self.rings:
+            batch = ring.read(READ_CHUNK)
+            if len(batch):
+                got += len(batch)
+                batch = self.stage.apply(batch)
+                if len(batch):
+                    self.consume(batch)
+        self.records += got
+        return got
+
+    def ring_counters(self) -> dict:
+        rings = {}
+        for ring in self.rings:
+            try:
+                rings[ring.name] = ring.counters()
+            except Exception:           # a closed ring
+                continue
+        return rings
+
+    def base_counters(self) -> dict:
+        return {"plugin": self.plugin.name, "type": self.plugin.type, "pid": os.getpid(), "time": time.time(),
+                "records": self.records, "rings": self.ring_counters(), "enrich": dict(self.stage.counters)}
+
+    def ring_drops(self, counters: dict) -> int:
+        return sum(r.get("dropped_records", 0) for r in counters["rings"].values())
+
+    def save_stats(self) -> None:
+        if not self.stats_path:
+            return
+        try:
+            tmp = f"{self.stats_path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.counters(), f)
+            os.replace(tmp, self.stats_path)
+        except OSError as e:
+            self.log.warning("cannot save stats to %s: %s", self.stats_path, e)
+
+    def serve_requests(self, now: float) -> None:
+        """Map reloads and counter logs asked for by signals; the stats file about once a second."""
+        if self.reload_requested:
+            self.reload_requested = False
+            self.stage.reload()
+        if self.stats_requested:
+            self.stats_requested = False
+            self.log_counters()
+        if now >= self._stats_due:
+            self.save_stats()
+            self._stats_due = now + STATS_EVERY
+
+    def close_rings(self) -> None:
+        for ring in self.rings:
+            try:
+                ring.close()
+            except Exception as e:
+                self.log.warning("closing ring %s: %s", getattr(ring, "name", "?"), e)
+
+
+def install_signals(loop: RingLoop) -> None:
+    """SIGINT ignored (the supervisor coordinates), SIGTERM/SIGUSR1/SIGUSR2 set the loop's requests; then tell
+    the supervisor the handlers are in place (it holds SIGTERM back until then)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def on_term(_sig, _frame):
+        loop.stop_requested = True
+
+    def on_usr1(_sig, _frame):
+        loop.stats_requested = True
+
+    def on_usr2(_sig, _frame):
+        loop.reload_requested = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGUSR1, on_usr1)
+    signal.signal(signal.SIGUSR2, on_usr2)
+    handlers_installed()
