@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -43,15 +44,21 @@ def run_pmengine_pcap(conf: str, workdir: Path, timeout: float = 120) -> subproc
     return proc
 
 
+def run_pmacct_daemon(daemon: str, binary: Optional[str], conf: str, workdir: Path,
+                      timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a reference pmacct 1.7.7 daemon (nfacctd, sfacctd) on a pcap_savefile config to completion."""
+    if binary is None:
+        pytest.skip(f"{daemon} (Debian package pmacct) is not installed")
+    path = workdir / f"{daemon}.conf"
+    path.write_text("daemonize: false\n" + conf)
+    proc = subprocess.run([binary, "-f", str(path)], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{daemon} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return proc
+
+
 def run_nfacctd_pcap(conf: str, workdir: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the reference nfacctd 1.7.7 on a pcap_savefile config to completion."""
-    if NFACCTD is None:
-        pytest.skip("nfacctd (Debian package pmacct) is not installed")
-    path = workdir / "nfacctd.conf"
-    path.write_text("daemonize: false\n" + conf)
-    proc = subprocess.run([NFACCTD, "-f", str(path)], capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"nfacctd failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    return proc
+    return run_pmacct_daemon("nfacctd", NFACCTD, conf, workdir, timeout)
 
 
 def nfacctd_reference(make_conf, base: Path, plugins, daemon: str = "nfacctd", attempts: int = 3) -> Path:
@@ -128,10 +135,4 @@ SFACCTD = shutil.which("sfacctd") or ("/usr/sbin/sfacctd" if os.path.exists("/us
 
 def run_sfacctd_pcap(conf: str, workdir: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the reference sfacctd 1.7.7 on a pcap_savefile config to completion."""
-    if SFACCTD is None:
-        pytest.skip("sfacctd (Debian package pmacct) is not installed")
-    path = workdir / "sfacctd.conf"
-    path.write_text("daemonize: false\n" + conf)
-    proc = subprocess.run([SFACCTD, "-f", str(path)], capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"sfacctd failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    return proc
+    return run_pmacct_daemon("sfacctd", SFACCTD, conf, workdir, timeout)
