@@ -1,9 +1,12 @@
 """Rows -> the text pmacct 1.7.7's client prints: formatted table, CSV, JSON lines, -N counters.
 
 What the Debian pmacct 1.7.7 client prints (observed against nfacctd's memory plugin):
-- columns in one fixed order: IN_IFACE, OUT_IFACE first, then the print plugin's order
+- columns in one fixed order: TAG, TAG2, IN_IFACE, OUT_IFACE first, then the print plugin's order
   (SRC_MAC, DST_MAC, VLAN, ETYPE, SRC_AS, ...); counters PACKETS, [FLOWS,] BYTES;
-  the formatted widths are the print plugin's (render.FORMATTED_WIDTH);
+  the formatted widths are the print plugin's (render.FORMATTED_WIDTH), except TAG / TAG2: "%-10s  "
+  (a longer value pushes the next column right; two spaces always follow);
+- LABEL: nfacctd's memory plugin refuses the label primitive ("variable-length primitives ... are not
+  supported in IMT plugin"); pmengine keeps it, after TAG2, formatted "%-32s  " (LABEL_BYTES wide);
 - formatted: title line, rows, an empty line, "For a total of: N entries";
   CSV: header and rows, no total; JSON: one object per row (", " and ": " separators,
   numbers unquoted), no total, nothing at all for an empty table;
@@ -23,9 +26,12 @@ import numpy as np
 from ..plugins.aggregate import AggregatedRows, KeySpec
 from ..plugins.render import (FORMATTED_WIDTH, PRINT_ORDER, RenderOptions, json_is_string, primitive_values)
 from ..plugins.timebins import US, local_offsets
-from ..schema import PRIMITIVES
+from ..schema import LABEL_BYTES, PRIMITIVES
 
-CLIENT_ORDER = ("in_iface", "out_iface") + tuple(p for p in PRINT_ORDER if p not in ("in_iface", "out_iface"))
+CLIENT_FIRST = ("tag", "tag2", "label", "in_iface", "out_iface")
+CLIENT_ORDER = CLIENT_FIRST + tuple(p for p in PRINT_ORDER if p not in CLIENT_FIRST)
+# Formatted columns whose value is padded and then followed by separator spaces (an overlong value shifts the rest).
+CLIENT_FORMAT = {"tag": "%-10s  ", "tag2": "%-10s  ", "label": f"%-{LABEL_BYTES}s  "}
 TIME_PRIMITIVES = ("timestamp_start", "timestamp_end", "timestamp_arrival")
 
 
@@ -107,9 +113,10 @@ def table_lines(rows: AggregatedRows, opts: OutputOptions) -> list[str]:
         header = opts.separator.join([header_name(p) for p in prims] + [c.upper() for c in counters])
         template = sep.join(["%s"] * len(names))
         return [header] + (list(map(template.__mod__, zip(*cols))) if len(rows) else [])
-    widths = [FORMATTED_WIDTH[p] for p in prims] + [FORMATTED_WIDTH[c] for c in counters]
+    formats = [CLIENT_FORMAT.get(p) or f"%-{FORMATTED_WIDTH[p]}s" for p in prims]
+    formats += [f"%-{FORMATTED_WIDTH[c]}s" if FORMATTED_WIDTH[c] else "%s" for c in counters]
     titles = [header_name(p) for p in prims] + [c.upper() for c in counters]
-    template = "".join(f"%-{w}s" if w else "%s" for w in widths)
+    template = "".join(formats)
     lines = [template % tuple(titles)]
     if len(rows):
         lines += map(template.__mod__, zip(*cols))

@@ -3,7 +3,10 @@
 A query is one value per -c primitive, comma-separated; several queries are
 separated by ';' or listed one per line in a `file:PATH`.  `*` matches any
 value.  Values parse as pmacct's client reads them: addresses (v4 or v6),
-MACs, protocol names or numbers, etype in hex, other integers in decimal.
+MACs, protocol names or numbers, etype in hex, other integers in decimal;
+a label is its text (pmacct's client refuses -M/-N on label, and its memory
+plugin does not keep labels; a stacked label "a,b" cannot be matched, ','
+separating the values).
 Unlike pmacct (C atoi/inet_aton: "abc" is port 0, "1.2.3" is 1.2.0.3), a value
 that does not parse for its primitive is an error.
 """
@@ -16,7 +19,7 @@ import numpy as np
 
 from ..plugins.aggregate import AggregatedRows
 from ..plugins.render import PROTO_NAMES
-from ..schema import FIELD_BY_NAME, PRIMITIVES
+from ..schema import FIELD_BY_NAME, LABEL_BYTES, PRIMITIVES
 
 WILDCARD = "*"
 PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
@@ -82,6 +85,14 @@ def _integer(primitive: str, text: str, base: int, high: int) -> int:
     return value
 
 
+def _label(primitive: str, text: str) -> bytes:
+    """A label as the table keeps it: UTF-8, NUL-padded to LABEL_BYTES ("" matches unlabelled rows)."""
+    raw = text.encode("utf-8")
+    if len(raw) > LABEL_BYTES or b"\0" in raw:
+        raise QueryError(f"{primitive}: Invalid label: '{text}' (at most {LABEL_BYTES} bytes)")
+    return raw.ljust(LABEL_BYTES, b"\0")
+
+
 def parse_value(primitive: str, text: str):
     """One -M/-N value of a primitive -> what its key column holds (bytes for addresses/MACs, else int)."""
     prim = PRIMITIVES[primitive]
@@ -98,6 +109,8 @@ def parse_value(primitive: str, text: str):
         return _integer(primitive, text, 10, 255)
     if field.kind == "etype":
         return _integer(primitive, text, 16, 0xFFFF)
+    if field.kind == "label":
+        return _label(primitive, text)
     if field.kind == "time":
         raise QueryError(f"{primitive}: matching on timestamps is not supported")
     high = (1 << (8 * np.dtype(field.dtype).itemsize)) - 1

@@ -13,7 +13,10 @@ What nfacctd 1.7.7 sends (observed with `log_statement = all`):
   version N is written, those not aggregated with their default (0,
   '0.0.0.0', '0:0:0:0:0:0', class_id 'unknown'); flows from v4 on (0 unless
   `aggregate: flows`); primitives outside the version are added (iface_in...);
-- counters are added on update; tcp_flags is OR-ed.
+- counters are added on update; tcp_flags is OR-ed;
+- tag is column agent_id up to sql_table_version 8 (default and optimized tables alike) and tag from
+  version 9 on; tag2 is tag2, label is label (text, '' when unlabelled); tag2 and label are in no
+  default table version (sql/README.tag2, README.label: the table is extended by hand).
 The text of each column is built column-wise (render.py); rows are joined in C.
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..aggregate import AggregatedRows
-from ..render import etype_text, host_text, mac_text, peer_text
+from ..render import etype_text, host_text, label_text, mac_text, peer_text
 from ..timebins import US
 
 ABSENT_ADDR = "0.0.0.0"
@@ -45,7 +48,9 @@ PRIMITIVE_COLUMNS: dict[str, tuple[str, str]] = {
     "sampling_rate": ("sampling_rate", "int"), "export_proto_version": ("export_proto_version", "int"),
     "timestamp_start": ("timestamp_start", "time"), "timestamp_end": ("timestamp_end", "time"),
     "timestamp_arrival": ("timestamp_arrival", "time"),
+    "tag": ("agent_id", "int"), "tag2": ("tag2", "int"), "label": ("label", "label"),
 }
+TAG_COLUMN_FROM_VERSION = 9     # sql_table_version from which the tag column is `tag` (before: `agent_id`)
 COLUMN_PRIMITIVE = {col: prim for prim, (col, _) in PRIMITIVE_COLUMNS.items()}
 
 # Key columns of pmacct's default tables (sql/pmacct-create-table_vN.pgsql), their order, and defaults.
@@ -96,11 +101,20 @@ def _text(rows: AggregatedRows, primitive: str, kind: str) -> list:
         return mac_text(values)
     if kind == "etype":
         return etype_text(values)
+    if kind == "label":             # COPY text: a backslash is the escape character
+        return [t.replace("\\", "\\\\") for t in label_text(values)]
     return np.asarray(values).tolist()
 
 
-def _primitive_columns(primitive: str) -> list[Column]:
-    name, kind = PRIMITIVE_COLUMNS[primitive]
+def column_name(primitive: str, version: int) -> str:
+    """The column a primitive is written to under sql_table_version `version`."""
+    if primitive == "tag" and version >= TAG_COLUMN_FROM_VERSION:
+        return "tag"
+    return PRIMITIVE_COLUMNS[primitive][0]
+
+
+def _primitive_columns(primitive: str, version: int) -> list[Column]:
+    name, kind = column_name(primitive, version), PRIMITIVE_COLUMNS[primitive][1]
     if kind == "time":
         return [Column(name, lambda r, p=primitive: (np.asarray(r.column(p)) // US).tolist(), "epoch"),
                 Column(f"{name}_residual", lambda r, p=primitive: (np.asarray(r.column(p)) % US).tolist())]
@@ -118,19 +132,19 @@ def plan_columns(aggregate: tuple[str, ...], optimize: bool, version: int, histo
     cols: list[Column] = []
     if optimize:
         for p in prims:
-            cols += _primitive_columns(p)
+            cols += _primitive_columns(p, version)
     else:
-        by_column = {PRIMITIVE_COLUMNS[p][0]: p for p in prims}
+        by_column = {column_name(p, version): p for p in prims}
         for name in VERSION_KEYS[version]:
             if name in by_column:
-                cols += _primitive_columns(by_column.pop(name))
+                cols += _primitive_columns(by_column.pop(name), version)
             elif name == "tcp_flags":       # not a key column: left to its default when not aggregated
                 continue
             else:
                 cols.append(_constant(name, DEFAULT_TEXT.get(name, "0")))
         for p in prims:
-            if PRIMITIVE_COLUMNS[p][0] in by_column:
-                cols += _primitive_columns(p)
+            if column_name(p, version) in by_column:
+                cols += _primitive_columns(p, version)
     cols.append(Column("packets", lambda r: r.packets.tolist(), "counter"))
     cols.append(Column("bytes", lambda r: r.bytes.tolist(), "counter"))
     if "flows" in aggregate:
