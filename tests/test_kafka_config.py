@@ -97,3 +97,24 @@ def test_bad_librdkafka_property_is_a_config_error(tmp_path):
     p = kafka_plugin(f"kafka_config_file: {cfg}\n")
     with pytest.raises(ConfigError, match="librdkafka refuses"):
         KafkaWriter(p, CoreConfig())
+
+
+def test_tag_variables_take_each_rows_tags():
+    """$tag / $tag2 in kafka_topic or kafka_partition_key: the row's value when aggregated, else 0."""
+    from engine.config.tree import CoreConfig, PluginConfig
+    from engine.plugins.aggregate import Aggregator
+    from engine.plugins.kafka.messages import expand
+    from engine.schema import empty
+    records = empty(3)
+    records["tag"] = [7, 9, 7]
+    records["tag2"] = [1, 2, 3]
+    records["packets"] = records["bytes"] = 1
+    aggregator = Aggregator(PluginConfig(name="k", type="kafka", aggregate=("tag", "tag2")), CoreConfig())
+    aggregator.add(records)
+    rows = aggregator.purge()
+    topics = expand("flows.$tag.$tag2", rows)
+    tags = list(zip(map(int, rows.column("tag")), map(int, rows.column("tag2"))))
+    assert sorted(topics) == sorted(f"flows.{t}.{t2}" for t, t2 in tags) == ["flows.7.1", "flows.7.3", "flows.9.2"]
+    only_tag = Aggregator(PluginConfig(name="k", type="kafka", aggregate=("tag",)), CoreConfig())
+    only_tag.add(records)
+    assert sorted(expand("flows.$tag.$tag2", only_tag.purge())) == ["flows.7.0", "flows.9.0"]

@@ -43,7 +43,7 @@ PRINT_ORDER = (
 
 # Formatted output: each column's width, separator spaces included (BYTES, last, is not padded).
 FORMATTED_WIDTH = {
-    "tag": 22, "tag2": 22, "label": 34,     # tag/label widths: not yet checked against nfacctd's formatted output
+    "tag": 12, "tag2": 12, "label": 34,     # nfacctd prints tags as %-10llu + 2 spaces; it refuses label in formatted output
     "src_mac": 19, "dst_mac": 19, "vlan": 7, "etype": 7, "src_as": 12, "dst_as": 12,
     "peer_src_as": 12, "peer_dst_as": 12, "peer_src_ip": 47, "peer_dst_ip": 47, "in_iface": 12,
     "out_iface": 12, "src_host": 47, "src_net": 47, "dst_host": 47, "dst_net": 47, "src_mask": 10,

@@ -36,9 +36,10 @@ from ..render import RenderOptions, int_values, primitive_values
 PURGE_EVENT = '"event_type": "purge",'      # what only row objects contain (markers are purge_init/_close)
 _VARIABLES = re.compile(r"\$(peer_src_ip|post_tag2|post_tag|tag2|tag|src_host|dst_host|src_port|dst_port|"
                         r"proto|in_iface)")
-_ZERO_VARIABLES = ("tag", "tag2", "post_tag", "post_tag2")
+_ZERO_VARIABLES = ("post_tag", "post_tag2")
 _ADDRESS_VARIABLES = ("peer_src_ip", "src_host", "dst_host")
-_NUMBER_VARIABLES = {"src_port": "src_port", "dst_port": "dst_port", "in_iface": "in_iface", "proto": "proto"}
+_NUMBER_VARIABLES = {"src_port": "src_port", "dst_port": "dst_port", "in_iface": "in_iface", "proto": "proto",
+                     "tag": "tag", "tag2": "tag2"}      # a number variable not aggregated expands to 0
 _UNDERSCORES = str.maketrans(".:", "__")
 
 Texts = Union[str, list]        # one text for every row, or one per row
