@@ -172,8 +172,8 @@ class Supervisor:
                 self.log_stats()
                 self.signal_children(signal.SIGUSR1)
             elif sig == signal.SIGUSR2:
-                log.info("SIGUSR2: shards reload their maps")
-                self.signal_children(signal.SIGUSR2, "shard")
+                log.info("SIGUSR2: shards and plugins reload their maps")
+                self.signal_children(signal.SIGUSR2)
             elif sig == signal.SIGHUP:
                 log.info("SIGHUP: log files are reopened on rotation")
 
