@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from engine.config.values import (PLUGIN, Key, format_bool, int_range, parse_bool, parse_history, parse_port,
+from engine.config.values import (PLUGIN, Key, format_bool, int_range, output_parser, parse_bool, parse_history, parse_port,
                                   parse_roundoff, parse_text, positive_int)
 
 _KAFKA = ("kafka",)
@@ -24,13 +24,7 @@ KEY_VARIABLES = TOPIC_VARIABLES + ("src_host", "dst_host", "src_port", "dst_port
 _VARIABLE = re.compile(r"\$([a-z_0-9]+)")
 
 
-def parse_kafka_output(text: str) -> str:
-    low = text.lower()
-    if low in KAFKA_OUTPUTS:
-        return low
-    if low in KAFKA_OUTPUTS_NOT_YET:
-        raise ValueError(f"kafka_output {low!r} is not implemented yet (supported: json)")
-    raise ValueError(f"bad kafka_output {text!r} (expected json)")
+parse_kafka_output = output_parser("kafka_output", KAFKA_OUTPUTS, KAFKA_OUTPUTS_NOT_YET)
 
 
 def parse_broker_host(text: str) -> str:

@@ -80,13 +80,20 @@ PRINT_OUTPUTS = ("formatted", "csv", "json")
 PRINT_OUTPUTS_NOT_YET = ("event_formatted", "event_csv", "avro", "avro_json", "custom")
 
 
-def parse_print_output(text: str) -> str:
-    low = text.lower()
-    if low in PRINT_OUTPUTS:
-        return low
-    if low in PRINT_OUTPUTS_NOT_YET:
-        raise ValueError(f"print_output {low!r} is not implemented yet (supported: {', '.join(PRINT_OUTPUTS)})")
-    raise ValueError(f"bad print_output {text!r} (expected one of: {', '.join(PRINT_OUTPUTS)})")
+def output_parser(key: str, supported: tuple[str, ...], not_yet: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser for an output-format key: one of `supported` (case-insensitive); pmacct's other formats
+    (`not_yet`) are refused as not implemented yet, anything else as a bad value."""
+    def parse_output(text: str) -> str:
+        low = text.lower()
+        if low in supported:
+            return low
+        if low in not_yet:
+            raise ValueError(f"{key} {low!r} is not implemented yet (supported: {', '.join(supported)})")
+        raise ValueError(f"bad {key} {text!r} (expected one of: {', '.join(supported)})")
+    return parse_output
+
+
+parse_print_output = output_parser("print_output", PRINT_OUTPUTS, PRINT_OUTPUTS_NOT_YET)
 
 
 def parse_separator(text: str) -> str:
