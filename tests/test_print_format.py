@@ -316,14 +316,6 @@ def test_registry_is_lazy_and_explicit():
         resolve_plugin("nosuch")
 
 
-def _rings_or_skip():
-    try:
-        from engine.ipc.ring import Ring, ring_name
-    except ImportError as e:                        # pragma: no cover - the ring module is a sibling's work
-        pytest.skip(f"engine.ipc.ring not available: {e}")
-    return Ring, ring_name
-
-
 def _wait_for(predicate, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -334,7 +326,7 @@ def _wait_for(predicate, timeout: float = 10.0) -> bool:
 
 
 def test_plugin_process_purges_on_refresh_and_flushes_on_sigterm(tmp_path):
-    Ring, ring_name = _rings_or_skip()
+    from engine.ipc.ring import Ring, ring_name
     from engine.proc import LogSetup, child_entry
     run = uuid.uuid4().hex[:8]
     rings = [Ring.create(ring_name(run, i, "p"), 4096) for i in range(2)]
