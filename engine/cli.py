@@ -1,4 +1,4 @@
-"""`pmengine` command line: start (foreground or -D), --check, stop, status, client (the pmacct query client)."""
+"""`pmengine` command line: start (foreground or -D), --check, stop, status, stats, client (the pmacct query client)."""
 from __future__ import annotations
 
 import argparse
@@ -119,11 +119,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
     except ProcessLookupError:
         print(f"pmengine: process {pid} is not running", file=sys.stderr)
         return 1
+    from .ipc.ring import _process_alive       # False for a zombie too (exited, its parent not reaped it yet)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _process_alive(pid, 0):
             return 0
         time.sleep(0.1)
     print(f"pmengine: process {pid} still running after {args.timeout}s", file=sys.stderr)
@@ -135,10 +134,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if pid is not None:
         try:
             os.kill(pid, 0)
-            print(f"pmengine running, pid {pid}")
-            return 0
         except ProcessLookupError:
-            pass
+            pid = None
+    if pid is not None:
+        from .supervisor import status_report
+        text, healthy = status_report(pid)
+        print(text)
+        return 0 if healthy else 1
     print("pmengine not running")
     return 3
 
@@ -156,8 +158,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("-F", dest="pidfile", required=True, metavar="FILE")
         p.add_argument("--timeout", type=float, default=60.0)
+    from .ops.cli_stats import add_stats_parser, cmd_stats
+    add_stats_parser(sub)
     args = parser.parse_args(argv)
-    return {"start": cmd_start, "stop": cmd_stop, "status": cmd_status}[args.command](args)
+    return {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "stats": cmd_stats}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,19 @@
-"""Process plumbing shared by the supervisor and its children: logging set-up and the child entry point."""
+"""Process plumbing shared by the supervisor and its children: logging set-up, the child entry point,
+the child's heartbeat (beat() every loop turn, busy() before a long bounded job) and its tie to the supervisor.
+
+A child dies with its supervisor: PR_SET_PDEATHSIG asks the kernel for a SIGTERM when the parent goes
+(the forkserver, which itself exits when the supervisor does), and beat() also notices a changed parent pid.
+"""
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 import logging.handlers
 import os
 import signal
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Optional
@@ -37,14 +44,118 @@ def setup_logging(setup: LogSetup) -> None:
     root.setLevel(logging.DEBUG if setup.debug else logging.INFO)
 
 
+def reopen_logs() -> int:
+    """SIGHUP: close and reopen every log file handler (after logrotate or a manual move); how many."""
+    n = 0
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                if handler.stream is not None:
+                    handler.stream.close()
+                handler.stream = handler._open()
+                if isinstance(handler, logging.handlers.WatchedFileHandler):
+                    handler._statstream()
+            finally:
+                handler.release()
+            n += 1
+    return n
+
+
 READY_DIR_ENV = "PMENGINE_READY_DIR"
+
+
+@dataclass(frozen=True)
+class ChildEnv:
+    """What the supervisor hands every child besides its own arguments (picklable)."""
+    ready_dir: Optional[str] = None         # where handlers_installed() leaves a file named by the pid
+    heartbeat: Optional[str] = None         # shm name of the heartbeat segment
+    slot: int = -1                          # this child's slot in it
+    supervisor: int = 0                     # the supervisor's pid
+
+
+PR_SET_PDEATHSIG = 1
+PARENT_CHECK_S = 0.5
+
+
+class _Child:
+    """This process's heartbeat slot and parent watch (module state: one per child process)."""
+    beats = None
+    slot = -1
+    ready_dir: Optional[str] = None
+    parent = 0
+    supervisor = 0
+    next_parent_check = 0.0
+    orphaned = False
+    reopen_requested = False
+
+
+def beat() -> None:
+    """One loop turn of a child: stamp the heartbeat; reopen logs after SIGHUP; stop if the parent is gone."""
+    me = _Child
+    if me.beats is not None:
+        me.beats.beat(me.slot)
+    if me.reopen_requested:
+        me.reopen_requested = False
+        reopen_logs()
+        logging.getLogger("pmengine.core").info("SIGHUP: log file reopened (pid %d)", os.getpid())
+    now = time.monotonic()
+    if now >= me.next_parent_check and me.parent:
+        me.next_parent_check = now + PARENT_CHECK_S
+        if (os.getppid() != me.parent or not _alive(me.supervisor)) and not me.orphaned:
+            me.orphaned = True
+            logging.getLogger("pmengine.core").error("the supervisor is gone: stopping (pid %d)", os.getpid())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    if not pid:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def busy(seconds: float) -> None:
+    """Declare a long bounded job (a purge, a map reload): not hung for `seconds` from now."""
+    if _Child.beats is not None:
+        _Child.beats.busy(_Child.slot, seconds)
+
+
+def _die_with_parent(supervisor: int) -> None:
+    """SIGTERM when our parent (the forkserver, or the supervisor under spawn) dies.
+
+    A forkserver exits when every holder of its "alive" pipe is gone; multiprocessing hands that pipe to
+    each child it forks, so we close our copy: the supervisor alone keeps its forkserver alive."""
+    try:
+        from multiprocessing import forkserver
+        fd = forkserver._forkserver._forkserver_alive_fd
+        if fd is not None:
+            os.close(fd)
+            forkserver._forkserver._forkserver_alive_fd = None
+    except (ImportError, AttributeError, OSError):
+        pass
+    _Child.parent, _Child.supervisor = os.getppid(), supervisor
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):       # not Linux: beat() still checks the parent pid
+        pass
+    if os.getppid() != _Child.parent or _Child.parent == 1:     # the parent died before prctl
+        os._exit(1)
 
 
 def handlers_installed() -> None:
     """Called by a child once its SIGTERM/SIGUSR1 handlers are in place: signals held back until now
-    arrive, and the supervisor learns (a file named by our pid) that a SIGTERM is now safe to send."""
+    arrive, the supervisor learns (a file named by our pid) that a SIGTERM is now safe to send, and the
+    start-up grace of the heartbeat ends."""
+    busy(0.0)                               # start-up is over: the supervisor's hang watch begins
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
-    folder = os.environ.get(READY_DIR_ENV)
+    folder = _Child.ready_dir or os.environ.get(READY_DIR_ENV)
     if folder:
         try:
             open(os.path.join(folder, str(os.getpid())), "w").close()
@@ -55,7 +166,11 @@ def handlers_installed() -> None:
 HELD_SIGNALS = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
 
 
-def child_entry(role: str, target: str, log_setup: LogSetup, args: tuple) -> None:
+def _on_hup(_sig, _frame) -> None:
+    _Child.reopen_requested = True
+
+
+def child_entry(role: str, target: str, log_setup: LogSetup, args: tuple, env: Optional[ChildEnv] = None) -> None:
     """What every shard and plugin process runs first: signals, logging, then `target` ("module:function").
 
     SIGTERM and SIGUSR1/2 are held (blocked) until the target calls handlers_installed(): a stop
@@ -63,10 +178,19 @@ def child_entry(role: str, target: str, log_setup: LogSetup, args: tuple) -> Non
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C reaches the whole group; the supervisor coordinates
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, _on_hup)             # reopen the log file at the next beat()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})   # held by the forkserver we come from
+    env = env or ChildEnv()
+    if env.heartbeat is not None:
+        _die_with_parent(env.supervisor)
     setup_logging(log_setup)
     log = logging.getLogger(f"pmengine.{role}")
     try:
+        _Child.ready_dir = env.ready_dir
+        if env.heartbeat is not None:
+            from .ipc.heartbeat import Heartbeats
+            _Child.beats, _Child.slot = Heartbeats.attach(env.heartbeat), env.slot
+            beat()
         module, func = target.split(":")
         getattr(importlib.import_module(module), func)(*args)
     except Exception as e:                              # report, then let the supervisor decide

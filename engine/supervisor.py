@@ -4,9 +4,21 @@ Signal handlers only enqueue; one loop dispatches signals, reaps children and
 tops them up.  Shutdown order (SIGTERM/SIGINT, or the end of a pcap file):
 shards stop receiving and drain their sockets → plugins drain the rings and
 make a final flush → the bus persists templates → shared memory is unlinked.
+
+Children are forked from a forkserver that has numpy, zmq and the engine
+preloaded, so a restart costs a fork, not a Python start-up (~0.1 s, not ~1 s).
+Every child beats its heartbeat slot each loop turn (engine.ipc.heartbeat):
+one silent for longer than its hang timeout is killed (SIGKILL, by pid) and
+restarted like a dead one.  Shard turns are bounded by the 100 ms poll plus
+one batch (a few ms), so 0.5 s is 4x a healthy shard's worst gap and a hung
+shard is back within 1 s; plugin turns drain up to 256k records per ring and
+declare their purges busy, so they get 3 s.  A child restarting more than
+CRASH_LOOP_RESTARTS times in CRASH_LOOP_WINDOW_S backs off (0.5 s doubling to
+30 s) with one log line saying so.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import multiprocessing as mp
@@ -16,15 +28,20 @@ import signal
 import tempfile
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .config.fields_needed import needed_fields
 from .config.tree import Config, Listener
-from .ipc.ring import Ring, cleanup_stale, ring_name
+from .ipc import heartbeat
+from .ipc.heartbeat import Heartbeats, heartbeat_name
+from .ipc.ring import Ring, _proc_stat, _process_alive, cleanup_stale, ring_name
 from .ipc.template_bus import TemplateBus
 from .plugins import resolve_plugin
-from .proc import EXIT_CONFIG, HELD_SIGNALS, READY_DIR_ENV, LogSetup, child_entry
+from .proc import EXIT_CONFIG, HELD_SIGNALS, READY_DIR_ENV, ChildEnv, LogSetup, child_entry, reopen_logs
 from .schema import RECORD_DTYPE
+from .shards.sockets import open_udp
 
 log = logging.getLogger("pmengine.core")
 
@@ -32,6 +49,38 @@ SHM_PREFIX = "pme"
 RESTART_BACKOFF_MAX = 30.0
 SHARD_STOP_TIMEOUT = 15.0
 PLUGIN_STOP_TIMEOUT = 120.0
+HANG_TIMEOUT_S = {"shard": 0.6, "plugin": 3.0}
+PCAP_SHARD_HANG_TIMEOUT_S = 30.0    # a pcap shard cannot be restarted: killing it stops the engine, so be patient
+START_GRACE_S = 15.0                # a starting child has this long before its beats are watched
+CRASH_LOOP_WINDOW_S = 60.0
+CRASH_LOOP_RESTARTS = 3             # restarts in the window that are immediate; more back off
+RUNTIME_PREFIX = "pmengine-"
+PRELOAD = ["engine.proc", "engine.ipc.heartbeat", "engine.shards.receiver", "engine.plugins.runner",
+           "engine.plugins.memory.plugin", "engine.plugins.print_plugin"]
+
+
+def forkserver_context() -> mp.context.BaseContext:
+    """Children forked from a server with the engine preloaded (fast restarts); spawn where unavailable."""
+    try:
+        ctx = mp.get_context("forkserver")
+    except ValueError:
+        return mp.get_context("spawn")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def stop_forkserver() -> None:
+    """Stop and reap the forkserver: the CPU time of the children it reaped then adds up in ours
+    (getrusage(RUSAGE_CHILDREN) of whoever waits for us, e.g. perf/pcap_cpu.py), and no process is left behind."""
+    try:
+        from multiprocessing import forkserver
+        forkserver._forkserver._stop()          # private, but the only way to wait for it (CPython 3.8+)
+    except Exception as e:                      # never fail an exit over it
+        log.debug("forkserver stop: %s", e)
+
+
+class ListenError(Exception):
+    """A shard's UDP socket could not be opened (address in use, not local, ...)."""
 
 
 @dataclass
@@ -47,6 +96,9 @@ class Child:
     backoff: float = 0.0
     next_start: float = 0.0
     finished: bool = False          # exited 0 on its own (a pcap shard that read its file)
+    slot: int = -1                  # heartbeat slot
+    recent: deque = field(default_factory=deque)    # monotonic times of recent restarts
+    died_at: float = 0.0
 
 
 @dataclass
@@ -56,26 +108,38 @@ class Supervisor:
     log_setup: LogSetup = field(default_factory=LogSetup)
 
     def __post_init__(self) -> None:
-        self.ctx = mp.get_context("spawn")
+        self.ctx = forkserver_context()
         self.run_id = uuid.uuid4().hex[:8]
+        self.beats: Optional[Heartbeats] = None
+        self.started_wall = time.time()
+        self.restart_delays: list[float] = []      # seconds from death (or hang kill) to the new process
         self.runtime_dir = ""
         self.rings: list[Ring] = []
+        self.sockets: list = []          # one per live shard, held so that a restart loses no queued datagram
         self.children: list[Child] = []
         self.bus: Optional[TemplateBus] = None
         self.signals: list[int] = []
         self.stopping = False
         self.exit_code = 0
+        self.ops = None                 # engine.ops.services.OpsServices: locator files, Prometheus, SIGUSR1 summary
 
     # -- set-up -------------------------------------------------------------
     def setup(self) -> None:
-        removed = cleanup_stale(SHM_PREFIX)
+        removed = cleanup_stale(SHM_PREFIX) + heartbeat.cleanup_stale(SHM_PREFIX)
         if removed:
             log.warning("removed %d stale shared-memory segments left by a dead pmengine", len(removed))
-        self.runtime_dir = tempfile.mkdtemp(prefix=f"pmengine-{self.run_id}-")
+        stale_dirs = cleanup_stale_runtime_dirs()
+        if stale_dirs:
+            log.warning("removed %d runtime folders left by a dead pmengine", len(stale_dirs))
+        self.runtime_dir = tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{self.run_id}-")
         os.chmod(self.runtime_dir, 0o700)
+        write_owner_file(self.runtime_dir)
+        log.info("runtime folder %s (run %s)", self.runtime_dir, self.run_id)
         os.makedirs(os.path.join(self.runtime_dir, "stats"), mode=0o700)
         os.makedirs(os.path.join(self.runtime_dir, "ready"), mode=0o700)
         os.environ[READY_DIR_ENV] = os.path.join(self.runtime_dir, "ready")
+        from .ops.services import OpsServices
+        self.ops = OpsServices(self.config.core, self.runtime_dir, log).start()
         core = self.config.core
         if core.pcap_savefile:
             self.shards = 1
@@ -96,28 +160,53 @@ class Supervisor:
             self.children.append(Child(
                 "plugin", f"plugin-{p.type}-{p.name}", resolve_plugin(p.type),
                 (p, core, plugin_rings[p.name], self._stats_path(f"plugin-{p.name}"))))
+        if not core.pcap_savefile:
+            # We open the shards' sockets and keep a copy: a shard that dies (even by SIGKILL) loses no datagram,
+            # since its socket stays in the SO_REUSEPORT group, queueing, until the restarted shard reads on.
+            for i in range(total):
+                listener = listeners[i // self.shards]
+                try:
+                    self.sockets.append(open_udp(listener))
+                except OSError as e:
+                    raise ListenError(f"cannot listen on [{listener.ip}]:{listener.port}: {e}") from e
         for i in range(total):
             listener = listeners[i // self.shards]
             self.children.append(Child(
                 "shard", f"shard-{i}", "engine.shards.receiver:shard_main",
-                (i, core, listener, ring_names[i], self.bus.endpoints, self._stats_path(f"shard-{i}")),
+                (i, core, listener, ring_names[i], self.bus.endpoints, self._stats_path(f"shard-{i}"),
+                 needed_fields(self.config), self.sockets[i] if self.sockets else None),
                 restartable=not core.pcap_savefile))
+        for slot, child in enumerate(self.children):
+            child.slot = slot
+        self.beats = Heartbeats.create(heartbeat_name(SHM_PREFIX, self.run_id), len(self.children))
 
     def _stats_path(self, name: str) -> str:
         return os.path.join(self.runtime_dir, "stats", f"{name}.json")
 
     # -- children ---------------------------------------------------------------
     def start_child(self, child: Child) -> None:
+        env = ChildEnv(os.path.join(self.runtime_dir, "ready"), self.beats.name if self.beats else None, child.slot,
+                       os.getpid())
         proc = self.ctx.Process(target=child_entry, name=f"pmengine: {child.name}",
-                                args=(child.role, child.target, self.log_setup, child.args), daemon=False)
-        # the new process inherits this mask: a SIGTERM sent while it is still starting waits for its handler
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+                                args=(child.role, child.target, self.log_setup, child.args, env), daemon=False)
+        # the new process inherits this mask: a SIGTERM sent while it is still starting waits for its handler;
+        # so does the forkserver (started by the first start()), which a terminal's SIGHUP must not kill
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS | {signal.SIGHUP})
         try:
             proc.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         child.process, child.started = proc, time.monotonic()
-        log.info("started %s (pid %d)", child.name, proc.pid)
+        if self.beats is not None:
+            self.beats.arm(child.slot, proc.pid, START_GRACE_S)
+        if child.died_at:
+            self.restart_delays.append(child.started - child.died_at)
+            log.info("restarted %s (pid %d) %.3f s after it ended", child.name, proc.pid,
+                     child.started - child.died_at)
+            child.died_at = 0.0
+        else:
+            log.info("started %s (pid %d)", child.name, proc.pid)
+        self.write_children()
 
     def reap(self) -> None:
         now = time.monotonic()
@@ -148,14 +237,46 @@ class Supervisor:
                 self.exit_code = EXIT_CONFIG
                 self.begin_stop()
                 return
-            uptime = now - child.started
-            child.backoff = 0.0 if uptime > 60 else min(RESTART_BACKOFF_MAX, max(0.5, child.backoff * 2))
             child.restarts += 1
+            child.died_at = child.died_at or now
+            recent = child.recent
+            recent.append(now)
+            while recent and now - recent[0] > CRASH_LOOP_WINDOW_S:
+                recent.popleft()
+            if len(recent) <= CRASH_LOOP_RESTARTS:
+                child.backoff = 0.0
+                log.error("%s (pid %s) died with exit code %s: restarting it (restart #%d)",
+                          child.name, proc.pid, code, child.restarts)
+            else:
+                child.backoff = min(RESTART_BACKOFF_MAX, max(0.5, child.backoff * 2))
+                log.error("%s (pid %s) died with exit code %s: crash loop, %d restarts in the last %.0f s "
+                          "(#%d in all): next start in %.1f s", child.name, proc.pid, code, len(recent),
+                          CRASH_LOOP_WINDOW_S, child.restarts, child.backoff)
             child.next_start = now + child.backoff
-            log.error("%s (pid %s) died with exit code %s; restart #%d in %.1fs",
-                      child.name, proc.pid, code, child.restarts, child.backoff)
+            self.write_children()
             if child.backoff == 0.0:
                 self.start_child(child)
+
+    def kill_hung(self, now: float) -> None:
+        """SIGKILL (by pid) every child silent for longer than its role's hang timeout; reap() restarts it."""
+        if self.beats is None:
+            return
+        now_ns = time.monotonic_ns()
+        for child in self.children:
+            proc = child.process
+            if proc is None or child.finished or child.slot < 0:
+                continue
+            limit = HANG_TIMEOUT_S[child.role] if child.restartable else PCAP_SHARD_HANG_TIMEOUT_S
+            late = self.beats.silent_for(child.slot, now_ns) - limit
+            if late <= 0 or not proc.is_alive():
+                continue
+            log.error("%s (pid %d) hung: no heartbeat for %.2f s: killing it", child.name, proc.pid, late + limit)
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            child.died_at = now
+            proc.join(1.0)
 
     # -- signals ----------------------------------------------------------------
     def install_signals(self) -> None:
@@ -175,7 +296,9 @@ class Supervisor:
                 log.info("SIGUSR2: shards and plugins reload their maps")
                 self.signal_children(signal.SIGUSR2)
             elif sig == signal.SIGHUP:
-                log.info("SIGHUP: log files are reopened on rotation")
+                reopen_logs()
+                log.info("SIGHUP: log files reopened (supervisor and children)")
+                self.signal_children(signal.SIGHUP)
 
     def signal_children(self, sig: int, role: Optional[str] = None) -> None:
         for child in self.children:
@@ -186,9 +309,8 @@ class Supervisor:
                     pass
 
     def log_stats(self) -> None:
-        stats = self.collect_stats()
-        for name, s in sorted(stats.items()):
-            log.info("%s: %s", name, json.dumps(s, sort_keys=True))
+        if self.ops is not None:
+            self.ops.log_summary()          # merged key=value lines (engine/ops/summary.py)
 
     def collect_stats(self) -> dict:
         out = {}
@@ -209,13 +331,22 @@ class Supervisor:
     def run(self) -> int:
         self.install_signals()
         try:
-            self.setup()
+            try:
+                self.setup()
+            except ListenError as e:
+                log.error("%s", e)
+                return 1
             for child in self.children:
                 self.start_child(child)
+            last_turn = time.monotonic()
             while not self.stopping:
                 self.dispatch_signals()
                 if self.stopping:
                     break
+                now = time.monotonic()
+                if now - last_turn < HANG_TIMEOUT_S["shard"] / 2:     # our own view is fresh enough to judge
+                    self.kill_hung(now)
+                last_turn = now
                 self.reap()
                 if self.config.core.pcap_savefile and not self.config.core.pcap_savefile_wait and all(
                         c.finished for c in self.children if c.role == "shard"):
@@ -226,6 +357,10 @@ class Supervisor:
             self.shutdown()
         finally:
             self.cleanup()
+            # stopped: a second SIGTERM/SIGINT must not kill the exiting interpreter (Python restores the
+            # default handlers while it finalizes; ignored signals stay ignored)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
         return self.exit_code
 
     def wait_ready(self, role: str, timeout: float = 30.0) -> None:
@@ -285,5 +420,119 @@ class Supervisor:
             ring.close()
             ring.unlink()
         self.rings = []
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+        stop_forkserver()
+        if self.beats is not None:
+            self.beats.close()
+            self.beats.unlink()
+            self.beats = None
+        if self.ops is not None:
+            self.ops.stop()
         if self.runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    # -- status ---------------------------------------------------------------------
+    def write_children(self) -> None:
+        """children.json in the runtime folder, for `pmengine status`."""
+        if not self.runtime_dir:
+            return
+        now, wall = time.monotonic(), time.time()
+        rows = [{"name": c.name, "role": c.role, "pid": c.process.pid if c.process is not None else None,
+                 "started": wall - (now - c.started) if c.process is not None else None,
+                 "restarts": c.restarts, "finished": c.finished} for c in self.children]
+        path = os.path.join(self.runtime_dir, "children.json")
+        try:
+            with open(path + ".tmp", "w") as f:
+                json.dump({"pid": os.getpid(), "started": self.started_wall, "children": rows}, f)
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            log.warning("cannot write %s: %s", path, e)
+
+
+OWNER_FILE = "supervisor.pid"
+
+
+def write_owner_file(runtime_dir: str) -> None:
+    """'<pid> <start time>' of the supervisor, so a later start knows whether this folder is stale."""
+    stat = _proc_stat(os.getpid())
+    with open(os.path.join(runtime_dir, OWNER_FILE), "w") as f:
+        f.write(f"{os.getpid()} {stat[1] if stat else 0}\n")
+
+
+def _owner(folder: str) -> Optional[tuple[int, int]]:
+    try:
+        with open(os.path.join(folder, OWNER_FILE)) as f:
+            pid, start = f.read().split()
+        return int(pid), int(start)
+    except (OSError, ValueError):
+        return None
+
+
+def runtime_dirs() -> list[str]:
+    """This user's pmengine runtime folders in the temporary directory."""
+    out = []
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), f"{RUNTIME_PREFIX}*")):
+        try:
+            st = os.lstat(folder)
+        except OSError:
+            continue
+        if os.path.isdir(folder) and not os.path.islink(folder) and st.st_uid == os.getuid():
+            out.append(folder)
+    return out
+
+
+def cleanup_stale_runtime_dirs() -> list[str]:
+    """Remove runtime folders whose supervisor is gone (a SIGKILLed run); returns them."""
+    removed = []
+    for folder in runtime_dirs():
+        owner = _owner(folder)
+        if owner is None or _process_alive(*owner):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def status_report(pid: int) -> tuple[str, bool]:
+    """`pmengine status`: (text, every child alive) for the supervisor `pid`."""
+    stat = _proc_stat(pid)
+    ticks = os.sysconf("SC_CLK_TCK")
+    try:
+        with open("/proc/uptime") as f:
+            boot = time.time() - float(f.read().split()[0])
+    except OSError:
+        boot = None
+    lines = []
+    uptime = time.time() - (boot + stat[1] / ticks) if stat and boot is not None else None
+    lines.append(f"pmengine running, pid {pid}" + (f", up {_duration(uptime)}" if uptime is not None else ""))
+    folder = next((f for f in runtime_dirs() if (_owner(f) or (0,))[0] == pid), None)
+    if folder is None:
+        return "\n".join(lines + ["children: unknown (no runtime folder)"]), False
+    try:
+        with open(os.path.join(folder, "children.json")) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return "\n".join(lines + ["children: unknown (still starting?)"]), False
+    healthy = True
+    for c in info["children"]:
+        alive = c["pid"] is not None and _process_alive(c["pid"], 0)
+        if c["finished"]:
+            state = "finished"
+        elif alive:
+            state = f"alive, pid {c['pid']}, up {_duration(time.time() - c['started'])}"
+        else:
+            state, healthy = "DOWN (restarting)", False
+        lines.append(f"  {c['name']}: {state}, restarts {c['restarts']}")
+    alive_count = sum(1 for c in info["children"] if c["pid"] is not None and _process_alive(c["pid"], 0))
+    lines.insert(1, f"children: {alive_count}/{len(info['children'])} alive")
+    return "\n".join(lines), healthy
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    d, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"

@@ -13,8 +13,6 @@ benchmark with a replayed pcap (rates, loss) is perf's next step.
 from __future__ import annotations
 
 import argparse
-import os
-import random
 import resource
 import shutil
 import subprocess
@@ -25,53 +23,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "perf"))
 
-from engine.pcap import UdpPacket, write_pcap  # noqa: E402
-from engine.schema import IPV4_MAPPED_PREFIX  # noqa: E402
-from netflow_encoder import (Exporter, Field, Template, V5Record, data_set, template_set,  # noqa: E402
-                             v5_packet)
-
-AGGREGATES = {
-    "five": "peer_src_ip, src_host, dst_host, src_port, dst_port, proto",
-    "matrix": "peer_src_ip, in_iface, out_iface, src_as, dst_as",
-}
-TEMPLATE = [Field(8, 4), Field(12, 4), Field(7, 2), Field(11, 2), Field(4, 1), Field(5, 1), Field(6, 1),
-            Field(10, 4), Field(14, 4), Field(16, 4), Field(17, 4), Field(9, 1), Field(13, 1),
-            Field(1, 8), Field(2, 8), Field(22, 4), Field(21, 4)]
-FLOWS_PER_PACKET = 30
+from traffic import AGGREGATES, TrafficSpec, generate as generate_traffic  # noqa: E402
 
 
 def generate(path: Path, flows: int, version: int, exporters: int = 4, cardinality: int = 200_000) -> int:
-    rng = random.Random(1)
-    packets = []
-    now = int(time.time())
-    per_exporter = [Exporter(version=version, domain_id=e, unix_secs=now) for e in range(exporters)]
-    tpl = Template(256, TEMPLATE)
-    if version != 5:
-        for e, exp in enumerate(per_exporter):
-            packets.append(exp.packet([template_set(version, [tpl])]))
-    sent, seq = 0, 0
-    while sent < flows:
-        e = (sent // FLOWS_PER_PACKET) % exporters
-        keys = [rng.randrange(cardinality) for _ in range(FLOWS_PER_PACKET)]
-        if version == 5:
-            recs = [V5Record(src_addr=f"10.{k >> 16}.{(k >> 8) & 255}.{k & 255}", dst_addr="192.0.2.1",
-                             input=k % 8, output=k % 5, packets=3, octets=1500, first=3_000_000,
-                             last=3_500_000, src_port=1024 + k % 5000, dst_port=443, proto=6,
-                             src_as=k % 100, dst_as=65000) for k in keys]
-            packets.append(v5_packet(recs, sys_uptime_ms=3_600_000, unix_secs=now, flow_sequence=seq))
-        else:
-            recs = [[f"10.{k >> 16}.{(k >> 8) & 255}.{k & 255}", "192.0.2.1", 1024 + k % 5000, 443, 6, 0, 16,
-                     k % 8, k % 5, k % 100, 65000, 24, 24, 1500, 3, 3_000_000, 3_500_000] for k in keys]
-            packets.append(per_exporter[e].packet([data_set(tpl, recs)], data_records=len(recs)))
-        seq += FLOWS_PER_PACKET
-        sent += FLOWS_PER_PACKET
-    dst = IPV4_MAPPED_PREFIX + bytes([127, 0, 0, 1])
-    udp = [UdpPacket(now * 1_000_000 + i, IPV4_MAPPED_PREFIX + bytes([127, 0, 1, 1 + (i % exporters)]),
-                     40000, dst, 2100, p) for i, p in enumerate(packets)]
-    write_pcap(str(path), udp)
-    return sent
+    """Write perf/traffic.py's NetFlow traffic (v5, 9 or 10) to path; the number of flows."""
+    protocol = {5: "v5", 9: "v9", 10: "ipfix"}[version]
+    return generate_traffic(TrafficSpec(protocol, flows, exporters, cardinality=cardinality), path)["flows"]
 
 
 def conf(pcap: Path, out: Path, aggregate: str) -> str:

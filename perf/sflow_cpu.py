@@ -21,23 +21,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "perf"))
 
-from engine.decoders.batch import exporter_bytes  # noqa: E402
-from engine.pcap import UdpPacket, write_pcap  # noqa: E402
 from pcap_cpu import AGGREGATES, cpu_of, csv_totals  # noqa: E402
-from sflow_encoder import generated_traffic  # noqa: E402
-
-
-def generate(path: Path, samples: int, per_datagram: int) -> tuple[int, int, int]:
-    """Write the pcap; (samples, Σ frame length, Σ frame length of the samples sfacctd keeps)."""
-    datagrams, truth = generated_traffic(max(1, samples // per_datagram), seed=5, samples_per_datagram=per_datagram)
-    src, dst = exporter_bytes("192.0.2.1"), exporter_bytes("192.0.2.254")
-    write_pcap(str(path), [UdpPacket(1_600_000_000_000_000 + i * 100, src, 50000, dst, 6343, d)
-                           for i, d in enumerate(datagrams)])
-    return (len(truth), sum(t.frame_length for t in truth),
-            sum(t.frame_length for t in truth if len(t.vlans) < 2))
+from traffic import sflow_mixed_pcap  # noqa: E402
 
 
 def conf(pcap: Path, out: Path, aggregate: str) -> str:
@@ -56,7 +43,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         pcap = work / "sflow.pcap"
-        samples, pm_expected, sf_expected = generate(pcap, args.samples, args.per_datagram)
+        samples, pm_expected, sf_expected = sflow_mixed_pcap(pcap, args.samples, args.per_datagram)
         agg = AGGREGATES[args.aggregate]
         (work / "sf.conf").write_text("daemonize: false\nplugin_pipe_size: 2048000000\n"
                                       "plugin_buffer_size: 2048000\n" + conf(pcap, work / "sf.csv", agg))

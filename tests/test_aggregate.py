@@ -154,6 +154,27 @@ def test_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
     assert ours(rows, aggregate) == expected
 
 
+@pytest.mark.parametrize("weak_hash", [False, True], ids=["hash", "weak-hash"])
+def test_hash_table_spills_to_sorted_partials_and_back(monkeypatch, weak_hash):
+    """Past HASH_TABLE_MAX_ROWS groups the table continues as sorted partials; an interval that ended
+    big starts sorted, one that ended small starts hashed again; groups stay exact throughout."""
+    monkeypatch.setattr(aggmod, "HASH_TABLE_MAX_ROWS", 300)
+    monkeypatch.setattr(aggmod, "COMPACT_MIN_ROWS", 500)
+    if weak_hash:                                   # many collisions inside the hash table too
+        monkeypatch.setattr(aggmod, "_hash_words", lambda words: words[:, 0] & np.uint64(15))
+    aggregate = ("src_host", "dst_host", "src_port", "tcpflags")
+    records = random_records(4000, seed=11)
+    agg = Aggregator(PluginConfig(name="t", type="print", aggregate=aggregate), CoreConfig())
+    for interval in (records, records[:3000], records[:40], records):
+        assert (agg._table is not None) == (agg._last_rows <= 300)
+        for i in range(0, len(interval), 250):
+            agg.add(interval[i:i + 250])
+        rows = agg.purge()
+        assert ours(rows, aggregate) == reference(interval, aggregate)
+        assert len(rows) == len(reference(interval, aggregate))
+    assert agg.collisions > 0 or not weak_hash
+
+
 def test_counters_are_exact_uint64():
     r = empty(3)
     r["bytes"] = [2**63, 2**62, 12345]

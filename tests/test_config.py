@@ -19,6 +19,7 @@ from engine.config.keys import (
     COUNTER_PRIMITIVES, GLOBAL, KEY_TABLE, KEYS, PLUGIN_OPTIONS, PLUGIN_TYPES_NOT_YET, PMACCT_KEYS, PMACCT_PRIMITIVES,
     PRINT_OUTPUTS_NOT_YET,
 )
+from engine.config.keys_ops import OPS_KEYS, ListenAddress
 from engine.config.tree import CoreConfig, Listener, PluginConfig
 from engine.schema import PRIMITIVES
 
@@ -80,7 +81,7 @@ def test_table_defaults_match_the_tree_defaults():
 def test_every_table_key_is_a_pmacct_key_and_maps_to_a_tree_field():
     targets = []
     for key in KEY_TABLE:
-        assert key.name in PMACCT_KEYS
+        assert key.name in PMACCT_KEYS or key in OPS_KEYS     # OPS_KEYS: pmengine's own (no pmacct key)
         assert key.name == key.name.lower()
         for target in key.target:
             if target != "plugins":
@@ -217,6 +218,7 @@ KEY_CASES = [
     ("pre_tag_filter: 1,3-5,-4", lambda c: c.plugins[0].pre_tag_filter, "1,3-5,-4"),
     ("pre_tag2_filter: 0", lambda c: c.plugins[0].pre_tag2_filter, "0"),
     ("pre_tag_label_filter: red,null", lambda c: c.plugins[0].pre_tag_label_filter, "red,null"),
+    ("prometheus_listen: 127.0.0.1:9108", lambda c: c.core.prometheus_listen, ListenAddress("127.0.0.1", 9108)),
 ]
 
 

@@ -28,6 +28,7 @@ from engine.config.values import (  # noqa: F401  (re-exported: the table's voca
 from engine.config.keys_kafka import KAFKA_KEYS, KafkaOptions
 from engine.config.keys_memory import MEMORY_KEYS, MemoryOptions
 from engine.config.keys_networks import NETWORKS_KEYS
+from engine.config.keys_ops import OPS_KEYS
 from engine.config.keys_sflow import SFLOW_KEYS
 from engine.config.keys_sql import SQL_KEYS, SqlOptions
 from engine.config.keys_tags import TAGS_KEYS
@@ -142,7 +143,7 @@ CORE_AND_PRINT_KEYS: tuple[Key, ...] = (
 # The one table: core, print and the sections of the other plugin types / the sFlow listener, each kept
 # beside the typed options it fills (engine/config/keys_*.py).
 KEY_TABLE: tuple[Key, ...] = (CORE_AND_PRINT_KEYS + SFLOW_KEYS + NETWORKS_KEYS + TAGS_KEYS + MEMORY_KEYS + SQL_KEYS
-                              + KAFKA_KEYS)
+                              + KAFKA_KEYS + OPS_KEYS)
 
 # Plugin type -> the dataclass of its own options (PluginConfig.options; keys target "options.<field>").
 PLUGIN_OPTIONS: dict[str, type] = {"memory": MemoryOptions, "pgsql": SqlOptions, "kafka": KafkaOptions}

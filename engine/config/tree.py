@@ -80,6 +80,7 @@ class CoreConfig:
     use_ip_next_hop: bool = False          # use_ip_next_hop
     allow_file: Optional[str] = None       # nfacctd_allow_file (the NetFlow listener)
     sflow_allow_file: Optional[str] = None # sfacctd_allow_file (the sFlow listener)
+    prometheus_listen: Any = None          # keys_ops.ListenAddress: the Prometheus endpoint (None: off)
 
     def listener(self, protocol: str) -> Optional[Listener]:
         return next((x for x in self.listeners if x.protocol == protocol), None)

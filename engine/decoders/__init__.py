@@ -4,6 +4,8 @@
     res = decode_batch(batch, state)       # res.records, res.learnt (to publish), res.counters
     res = decode_sflow_batch(batch, state) # res.records, res.counter_events (sfacctd_counter_file), res.counters
     recs = state.apply(messages)           # templates / sampling learnt by another shard
+    state.wanted = needed_fields(cfg)      # optional projection (engine.config.fields_needed): NetFlow
+                                           # decoders leave fields nobody reads zero
 
 Pure functions of (batch, state): no sockets, no logging; malformed input is
 counted per exporter (ExporterCounters) and skipped, never raised.
@@ -61,8 +63,9 @@ def decode_batch(batch: PacketBatch, state: DecoderState) -> DecodeResult:
     sel = np.flatnonzero((version == 9) | (version == 10))
     if len(sel):
         decoder = TemplatePacketDecoder(state, counters, learnt)
-        parts.extend(decoder.decode(buf, offsets[sel], lengths[sel], exporters[sel], arrival[sel]))
-    for i in np.flatnonzero(~np.isin(version, (1, 5, 9, 10))).tolist():
+        parts.extend(decoder.decode(buf, offsets[sel], lengths[sel], exporters[sel], arrival[sel], version[sel]))
+    known = (version == 1) | (version == 5) | (version == 9) | (version == 10)
+    for i in np.flatnonzero(~known).tolist():
         c = counters[bytes(exporters[i])]
         c.packets += 1
         c.bytes += int(lengths[i])
@@ -87,6 +90,8 @@ def decode_sflow_batch(batch: PacketBatch, state: DecoderState) -> DecodeResult:
     exporters = np.asarray(batch.exporters, dtype=np.uint8).reshape(n, 16)
     arrival = np.asarray(batch.arrival_us, dtype=np.int64)
     buf = batch.buf
+    if len(buf) < 8:                # the walk reads whole words: give a tiny buffer room (lengths stay as sent)
+        buf = np.concatenate([np.asarray(buf, np.uint8), np.zeros(8, np.uint8)])
     head = lengths >= 4
     version = np.zeros(n, np.int64)
     version[head] = ((buf[offsets[head] + 2].astype(np.int64) << 8) | buf[offsets[head] + 3]) * (

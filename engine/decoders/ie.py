@@ -188,19 +188,61 @@ def ipv4_mapped(col: np.ndarray) -> np.ndarray:
     return out
 
 
+# -- fast column writes into RECORD_DTYPE ------------------------------------------------------
+# Writing a sub-array column (an address's bytes) goes through numpy's slow per-byte loop; a view of
+# the record as one plain integer at the right offset copies 4 or 8 bytes per record instead.
+
+_VIEW_DTYPES: dict = {}
+
+
+def record_view(out: np.ndarray, column: str, at: int, fmt: str) -> np.ndarray:
+    """The bytes at `at` within `column` of every record of `out`, viewed as one `fmt` value per record."""
+    key = (out.dtype, column, at, fmt)
+    dt = _VIEW_DTYPES.get(key)
+    if dt is None:
+        dt = _VIEW_DTYPES[key] = np.dtype({"names": ["v"], "formats": [fmt],
+                                           "offsets": [out.dtype.fields[column][1] + at],
+                                           "itemsize": out.dtype.itemsize})
+    return out.view(dt)["v"]
+
+
+def raw_u32(col: np.ndarray) -> np.ndarray:
+    """4 address bytes per record ((n, 4) uint8, maybe a strided field) as one native uint32 holding those bytes."""
+    return np.ascontiguousarray(col).view(np.uint32).reshape(len(col))
+
+
+def set_ipv4_mapped(out: np.ndarray, column: str, value: np.ndarray, rows=None) -> None:
+    """column = ::ffff:value, value (n, 4) bytes; only `rows` (a mask) when given."""
+    if rows is None:
+        record_view(out, column, 10, "u2")[...] = 0xFFFF
+        record_view(out, column, 12, "u4")[...] = raw_u32(value)
+    else:
+        out[column][rows] = ipv4_mapped(value[rows])
+
+
+def set_address(out: np.ndarray, column: str, value) -> None:
+    """column = value: one 16-byte address (broadcast) or (n, 16) bytes."""
+    v = np.ascontiguousarray(value, dtype=np.uint8).view("<u8")
+    record_view(out, column, 0, "<u8")[...] = v[..., 0]
+    record_view(out, column, 8, "<u8")[...] = v[..., 1]
+
+
 # -- wire records → canonical records ------------------------------------------------------------
 
 _PLAIN_COLUMNS = {s.column: s for s in _PLAIN}
 
 
 def fill_records(out: np.ndarray, wire: np.ndarray, compiled, version: int, per_record: dict,
-                 time_secs: bool) -> None:
+                 time_secs: bool, wanted: frozenset | None = None) -> None:
     """Convert records viewed as a compiled template's dtype into RECORD_DTYPE columns (vectorised).
 
     per_record: int64 arrays "arrival_us", "export_secs", "uptime_ms" (from each record's packet).
     """
     cols = compiled.columns
     n = len(out)
+
+    def want(column: str) -> bool:
+        return wanted is None or column in wanted
 
     def raw(role):
         return wire[cols[role][0]]
@@ -209,7 +251,7 @@ def fill_records(out: np.ndarray, wire: np.ndarray, compiled, version: int, per_
         return uint_values(raw(role))
 
     for column in _PLAIN_COLUMNS:
-        if column in cols:
+        if column in cols and (want(column) or (column == "direction" and want("vlan"))):
             field = raw(column)
             # '>uN' fields and MAC bytes are assigned as they are (casting keeps the low bits,
             # so a 2-byte tcpControlBits keeps its low 8 bits); odd widths go through uint_values
@@ -219,44 +261,63 @@ def fill_records(out: np.ndarray, wire: np.ndarray, compiled, version: int, per_
     for column, fallbacks in (("bytes", ("fallback:bytes85", "fallback:bytes23")),
                               ("packets", ("fallback:packets86", "fallback:packets24")),
                               ("in_iface", ("fallback:in_iface252",)), ("out_iface", ("fallback:out_iface253",))):
-        if column not in cols:
+        if column not in cols and want(column):
             role = next((r for r in fallbacks if r in cols), None)
             if role is not None:
                 out[column] = uint(role)
-    out["ts_arrival"] = per_record["arrival_us"]
+    if want("ts_arrival"):
+        out["ts_arrival"] = per_record["arrival_us"]
 
     l3 = _l3_family(cols, raw, uint, n)
-    is4, is6 = l3 == 4, l3 == 6
     has_v4 = "addr:src4" in cols or "addr:dst4" in cols
     has_v6 = "addr:src6" in cols or "addr:dst6" in cols
-    out["family"] = np.where(is4, 4 if has_v4 else 0, np.where(is6, 6 if has_v6 else 0, 0))
-    if "etype" not in cols:
-        out["etype"] = np.where(is4, 0x0800, np.where(is6, 0x86DD, 0))
-    all4, all6 = bool(is4.all()), bool(is6.all())
+    if np.isscalar(l3):                               # the template alone decides
+        all4, all6 = l3 == 4, l3 == 6
+        if not (all4 or all6):
+            l3 = np.full(n, l3)
+    else:
+        all4, all6 = bool((l3 == 4).all()), bool((l3 == 6).all())
+    if all4 or all6:                                  # one family: scalar writes, no masks
+        out["family"] = (4 if has_v4 else 0) if all4 else (6 if has_v6 else 0)
+        if "etype" not in cols:
+            out["etype"] = 0x0800 if all4 else 0x86DD
+        is4 = is6 = None
+    else:
+        is4, is6 = l3 == 4, l3 == 6
+        out["family"] = np.where(is4, 4 if has_v4 else 0, np.where(is6, 6 if has_v6 else 0, 0))
+        if "etype" not in cols:
+            out["etype"] = np.where(is4, 0x0800, np.where(is6, 0x86DD, 0))
     for side in ("src", "dst"):
-        _fill_by_family(out[f"{side}_host"], cols, raw, f"addr:{side}4", f"addr:{side}6", is4, is6, all4, all6)
-        _fill_by_family(out[f"{side}_mask"], cols, raw, f"mask:{side}4", f"mask:{side}6", is4, is6, all4, all6)
+        for column, role in ((f"{side}_host", "addr"), (f"{side}_mask", "mask")):
+            if want(column):
+                _fill_by_family(out, column, cols, raw, f"{role}:{side}4", f"{role}:{side}6", is4, is6, all4, all6)
     for column, roles in (("peer_dst_ip", ("bgpnexthop:4", "bgpnexthop:mpls4", "bgpnexthop:6")),
                           ("ip_next_hop", ("nexthop:4", "nexthop:6")),
                           ("src_mac", ("mac:src56", "mac:src81")), ("dst_mac", ("mac:dst80", "mac:dst57"))):
-        role = next((r for r in roles if r in cols), None)
+        role = next((r for r in roles if r in cols), None) if want(column) else None
         if role is not None:
-            out[column] = ipv4_mapped(raw(role)) if cols[role][2].kind == "ipv4" else raw(role)
-    _fill_vlan(out, cols, uint, version)
-    out["ts_start"] = _flow_time("start", cols, uint, version, per_record, time_secs)
-    out["ts_end"] = _flow_time("end", cols, uint, version, per_record, time_secs)
+            if cols[role][2].kind == "ipv4":
+                set_ipv4_mapped(out, column, raw(role))
+            else:
+                out[column] = raw(role)
+    if want("vlan"):
+        _fill_vlan(out, cols, uint, version)
+    for which in ("start", "end"):
+        if want(f"ts_{which}"):
+            out[f"ts_{which}"] = _flow_time(which, cols, uint, version, per_record, time_secs)
 
 
-def _fill_by_family(column: np.ndarray, cols, raw, role4: str, role6: str, is4, is6, all4: bool, all6: bool) -> None:
+def _fill_by_family(out: np.ndarray, name: str, cols, raw, role4: str, role6: str, is4, is6, all4: bool,
+                    all6: bool) -> None:
     """Copy the IPv4 role into IPv4 records and the IPv6 role into IPv6 records (fast when uniform)."""
+    column = out[name]
     for role, rows, every in ((role4, is4, all4), (role6, is6, all6)):
-        if role not in cols or not (every or rows.any()):
+        if role not in cols or not (every or (rows is not None and rows.any())):
             continue
         value = raw(role)
         if cols[role][2].kind == "ipv4":
             if every:
-                column[:, 10:12] = 0xFF
-                column[:, 12:] = value
+                set_ipv4_mapped(out, name, value)
                 continue
             value = ipv4_mapped(value)
         elif value.ndim == 2 and cols[role][2].kind == "uint":
@@ -298,17 +359,21 @@ def uptime_time_us(export_secs: np.ndarray, uptime: np.ndarray, at: np.ndarray, 
     """
     ago = (uptime - at) & 0xFFFFFFFF
     if not time_secs:
-        ago //= 1000
+        ago *= 274_877_907          # ago // 1000, exact for every 32-bit ago (multiply and shift: no division)
+        ago >>= 38
     return ((export_secs - ago) & 0xFFFFFFFF) * 1_000_000
 
 
-def _l3_family(cols, raw, uint, n: int) -> np.ndarray:
-    """4, 6 or 0 per record: ipVersion if given, else from the address fields (nfacctd's choice)."""
+def _l3_family(cols, raw, uint, n: int) -> np.ndarray | int:
+    """4, 6 or 0 per record (an int when the template alone decides): ipVersion if given, else from the
+    address fields (nfacctd's choice)."""
     has8, has27 = "addr:src4" in cols, "addr:src6" in cols
     if has8 and has27:
         default = np.where(raw("addr:src4").any(axis=1), 4, 6)
     else:
-        default = np.full(n, 4 if has8 else (6 if has27 else 0))
+        default = 4 if has8 else (6 if has27 else 0)
+        if "family:ipversion" not in cols:
+            return default
     if "family:ipversion" in cols:
         v = uint("family:ipversion")
         return np.where(v == 4, 4, np.where(v == 6, 6, default))

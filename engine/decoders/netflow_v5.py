@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..schema import RECORD_DTYPE
-from .ie import gather_records, uptime_time_us
+from .ie import gather_records, set_address, set_ipv4_mapped, uptime_time_us
+from .netflow_walk import unique_exporters
 from .state import CounterBook, DecoderState
 
 V5_HEADER = np.dtype([("version", ">u2"), ("count", ">u2"), ("sys_uptime", ">u4"), ("unix_secs", ">u4"),
@@ -56,62 +57,94 @@ def decode_v5_packets(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
 
     _count_packets(exporters, lengths, ok, counts, version, headers, state, counters)
     total = int(counts.sum())
-    out = np.zeros(total, dtype=RECORD_DTYPE)
     if total == 0:
-        return out
+        return np.zeros(0, dtype=RECORD_DTYPE)
+    out = np.empty(total, dtype=RECORD_DTYPE)
     recs = gather_records(buf, offsets + hlen, counts, rec_dtype)
-    per_packet = np.repeat(np.arange(n), counts)
+    per_record = {"arrival_us": np.repeat(arrival_us, counts),             # packet values, per record
+                  "uptime": np.repeat(headers["sys_uptime"].astype(np.int64), counts),
+                  "secs": np.repeat(headers["unix_secs"].astype(np.int64), counts)}
+    if version == 5:
+        engine = (headers["engine_type"].astype(np.uint32) << 8) | headers["engine_id"]
+        per_record["domain_id"] = np.repeat(engine, counts)
+        per_record["sampling_rate"] = np.repeat(headers["sampling"] & 0x3FFF, counts)
+    one_exporter = bool((exporters == exporters[0]).all())
+    exporter = exporters[0] if one_exporter else np.repeat(exporters, counts, axis=0)
     for a in range(0, total, CHUNK_RECORDS):       # chunks that stay in cache while the columns are written
         rows = slice(a, a + CHUNK_RECORDS)
-        p = per_packet[rows]
-        _fill(out[rows], recs[rows], headers[p], exporters[p], arrival_us[p], version, state.time_secs)
+        out[rows].view(np.uint8)[...] = 0          # zeroed here, not all at once: the chunk stays in cache
+        _fill(out[rows], recs[rows], {k: v[rows] for k, v in per_record.items()},
+              exporter if one_exporter else exporter[rows], version, state.time_secs, state.wanted)
     return out
 
 
-def _fill(out: np.ndarray, recs: np.ndarray, h: np.ndarray, exporters: np.ndarray, arrival_us: np.ndarray,
-          version: int, time_secs: bool) -> None:
+def _fill(out: np.ndarray, recs: np.ndarray, per_record: dict, exporter: np.ndarray, version: int, time_secs: bool,
+          wanted) -> None:
+    def want(column: str) -> bool:
+        return wanted is None or column in wanted
+
     for column, field in (("src_host", "src"), ("dst_host", "dst"), ("ip_next_hop", "nexthop")):
-        out[column][:, 10:12] = 0xFF                   # IPv4-mapped
-        out[column][:, 12:] = recs[field]
-    out["peer_src_ip"] = exporters
+        if want(column):
+            set_ipv4_mapped(out, column, recs[field])
+    set_address(out, "peer_src_ip", exporter)
     for column, field in (("in_iface", "input"), ("out_iface", "output"), ("packets", "packets"),
                           ("bytes", "octets"), ("src_port", "src_port"), ("dst_port", "dst_port"),
                           ("tcp_flags", "tcp_flags"), ("proto", "proto"), ("tos", "tos")):
-        out[column] = recs[field]
+        if want(column):
+            out[column] = recs[field]
     out["flows"] = 1
     out["family"] = 4
     out["etype"] = 0x0800
     out["export_proto_version"] = version
-    out["ts_arrival"] = arrival_us
-    uptime = h["sys_uptime"].astype(np.int64)
-    secs = h["unix_secs"].astype(np.int64)
-    out["ts_start"] = uptime_time_us(secs, uptime, recs["first"].astype(np.int64), time_secs)
-    out["ts_end"] = uptime_time_us(secs, uptime, recs["last"].astype(np.int64), time_secs)
+    out["ts_arrival"] = per_record["arrival_us"]
+    for column, field in (("ts_start", "first"), ("ts_end", "last")):
+        if want(column):
+            out[column] = uptime_time_us(per_record["secs"], per_record["uptime"], recs[field].astype(np.int64),
+                                         time_secs)
     if version == 5:
         for column in ("src_as", "dst_as", "src_mask", "dst_mask"):
-            out[column] = recs[column]
-        out["domain_id"] = (h["engine_type"].astype(np.uint32) << 8) | h["engine_id"]
-        out["sampling_rate"] = h["sampling"] & 0x3FFF
+            if want(column):
+                out[column] = recs[column]
+        out["domain_id"] = per_record["domain_id"]
+        out["sampling_rate"] = per_record["sampling_rate"]
 
 
 def _count_packets(exporters: np.ndarray, lengths: np.ndarray, ok: np.ndarray, counts: np.ndarray,
                    version: int, headers: np.ndarray, state: DecoderState, counters: CounterBook) -> None:
-    """Per-packet bookkeeping (Python per packet): counters and flow_sequence gaps."""
-    seq = headers["flow_sequence"].tolist() if version == 5 else None
-    engine = ((headers["engine_type"].astype(np.int64) << 8) | headers["engine_id"]).tolist() if version == 5 else None
-    for i, (exp, length, good, count) in enumerate(zip(map(bytes, exporters), lengths.tolist(), ok.tolist(),
-                                                       counts.tolist())):
-        c = counters[exp]
-        c.packets += 1
-        c.bytes += length
-        if not good:
-            c.decode_errors += 1
-            continue
-        c.flows += count
-        if seq is None:
-            continue
-        key = (exp, engine[i], 5)
-        expected = state.sequences.get(key)
-        if expected is not None and expected != seq[i]:
-            c.seq_gaps += 1
-        state.sequences[key] = (seq[i] + count) & 0xFFFFFFFF
+    """Per-exporter counters and flow_sequence gaps, vectorised (a Python step per exporter and engine)."""
+    keys, exp_id = unique_exporters(exporters)
+    k = len(keys)
+    per_exporter = zip(keys, np.bincount(exp_id, minlength=k).tolist(),
+                       np.bincount(exp_id, weights=lengths, minlength=k).tolist(),
+                       np.bincount(exp_id[~ok], minlength=k).tolist(),
+                       np.bincount(exp_id, weights=counts, minlength=k).tolist())
+    for key, packets, nbytes, bad, flows in per_exporter:
+        c = counters[key]
+        c.packets += packets
+        c.bytes += int(nbytes)
+        c.decode_errors += bad
+        c.flows += int(flows)
+    if version != 5:
+        return
+    good = np.flatnonzero(ok)
+    if not len(good):
+        return
+    e = exp_id[good]
+    engine = (headers["engine_type"][good].astype(np.int64) << 8) | headers["engine_id"][good]
+    seq = headers["flow_sequence"][good].astype(np.int64)
+    nxt = (seq + counts[good]) & 0xFFFFFFFF
+    order = np.lexsort((engine, e))                      # stable: packet order within (exporter, engine)
+    e, engine, seq, nxt = e[order], engine[order], seq[order], nxt[order]
+    first = np.ones(len(e), dtype=bool)
+    first[1:] = (e[1:] != e[:-1]) | (engine[1:] != engine[:-1])
+    expected = np.empty(len(e), dtype=np.int64)
+    expected[1:] = nxt[:-1]
+    starts = np.flatnonzero(first)
+    for s, t in zip(starts.tolist(), (np.append(starts[1:], len(e)) - 1).tolist()):
+        key = (keys[e[s]], int(engine[s]), 5)
+        expected[s] = state.sequences.get(key, -1)
+        state.sequences[key] = int(nxt[t])
+    gaps = (expected >= 0) & (expected != seq)
+    if gaps.any():
+        for i, g in zip(*np.unique(e[gaps], return_counts=True)):
+            counters[keys[i]].seq_gaps += int(g)

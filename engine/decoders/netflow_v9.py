@@ -1,15 +1,17 @@
-"""NetFlow v9 (RFC 3954) and IPFIX (RFC 7011) decoding.
+"""NetFlow v9 (RFC 3954) and IPFIX (RFC 7011) decoding of a whole batch.
 
-Per packet and per set we walk headers in Python; records are never looped over
-(except on the varlen slow path).  Data sets are grouped by compiled template
-across the whole batch; each group is decoded at once: record offsets by
-np.repeat/cumsum, one fancy index to gather the bytes, a view as the template's
-dtype, then column conversions into RECORD_DTYPE (ie.fill_records).
+The fast path is vectorised (no Python per packet or per set): the structural
+walk of every packet (netflow_walk), then the data sets' templates looked up
+once per distinct (exporter, domain, set id) of the batch, then the sets queued
+as numpy rows in one SetGroup per compiled template (netflow_groups), decoded
+at the end.  Counters and sequence gaps are computed per exporter with numpy.
 
-Options data (sampling information) is decoded as soon as its set is walked,
-so a flow set sees the sampling table of its own moment, as in nfacctd.
-Data that arrives before its template waits in the DecoderState and is decoded
-when the template arrives (here, or from the bus via DecoderState.apply).
+Slow path, one packet at a time in Python (walk_packet): packets with template
+or options template sets, options data (sampling), data without a known
+template (kept pending), variable-length templates, and anything irregular
+(malformed or padded sets, bad headers).  A slow packet that changes the
+templates or sampling tables makes the rest of the batch be classified again,
+so every set sees the state of its own moment, as in nfacctd.
 """
 from __future__ import annotations
 
@@ -18,50 +20,20 @@ from typing import Optional
 
 import numpy as np
 
-from ..schema import RECORD_DTYPE
-from .ie import fill_records, gather_records, uint_values
-from .state import CounterBook, DecoderState, SetContext, TemplateKey, template_message
-from .messages import BusMessage, sampling_message
+from .messages import BusMessage
+from .netflow_groups import SetGroup, compact_varlen_records, decode_group, decode_pending, learn_options
+from .netflow_walk import PacketHeaders, read_headers, unique_exporters, walk_sets
+from .state import CounterBook, DecoderState, SetContext, template_message
 from .templates import (IPFIX_OPTIONS_SET, IPFIX_TEMPLATE_SET, MIN_DATA_SET_ID, V9_OPTIONS_SET,
-                        V9_TEMPLATE_SET, VARLEN, CompiledTemplate, Template, parse_template_set)
+                        V9_TEMPLATE_SET, Template, parse_template_set)
+
+__all__ = ["TemplatePacketDecoder", "decode_pending", "compact_varlen_records"]
 
 V9_HEADER = struct.Struct(">HHIIII")       # version, count, sysUptime ms, unix secs, sequence, source id
 IPFIX_HEADER = struct.Struct(">HHIII")     # version, length, export time, sequence, observation domain
 SET_HEADER = struct.Struct(">HH")
-CHUNK_RECORDS = 4096
+UNKNOWN = -1                               # data records of a packet when some data had no template
 
-
-class SetGroup:
-    """Data sets (or compacted varlen records) of one compiled template, decoded together."""
-
-    def __init__(self, key: TemplateKey, compiled: CompiledTemplate, buf=None) -> None:
-        self.key = key
-        self.compiled = compiled
-        self.buf = bytearray() if buf is None else buf      # batch buffer, or our own bytes
-        self.starts: list[int] = []
-        self.counts: list[int] = []
-        self.ctxs: list[SetContext] = []
-        self.tables: list[dict] = []
-
-    def add(self, start: int, count: int, ctx: SetContext, table: dict) -> None:
-        self.starts.append(start)
-        self.counts.append(count)
-        self.ctxs.append(ctx)
-        self.tables.append(table)
-
-    def add_bytes(self, data: bytes, count: int, ctx: SetContext, table: dict) -> None:
-        self.add(len(self.buf), count, ctx, table)
-        self.buf += data
-
-    def wire_records(self) -> np.ndarray:
-        """All records as one array of the compiled wire dtype."""
-        c = self.compiled
-        buf = self.buf if isinstance(self.buf, np.ndarray) else np.frombuffer(bytes(self.buf), dtype=np.uint8)
-        return gather_records(buf, np.asarray(self.starts, dtype=np.int64), np.asarray(self.counts, dtype=np.int64),
-                              c.wire_dtype)
-
-
-# -- the walk over a batch ----------------------------------------------------------------
 
 class TemplatePacketDecoder:
     """Decodes the v9/IPFIX packets of one batch into records, learning templates on the way."""
@@ -70,51 +42,200 @@ class TemplatePacketDecoder:
         self.state = state
         self.counters = counters
         self.learnt = learnt
-        self.groups: dict[int, SetGroup] = {}       # id(compiled) → group over the batch buffer
-        self.compact: dict[int, SetGroup] = {}      # id(compiled) → group of compacted varlen records
+        self.groups: dict[tuple, SetGroup] = {}     # (id(compiled), version) → group over the batch buffer
+        self.compact: dict[tuple, SetGroup] = {}    # (id(compiled), version) → compacted varlen records
         self.records: list[np.ndarray] = []         # decoded from pending data on the way
 
     def decode(self, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, exporters: np.ndarray,
-               arrival_us: np.ndarray) -> list[np.ndarray]:
-        mv = memoryview(buf)
-        for off, length, exp, arr in zip(offsets.tolist(), lengths.tolist(), map(bytes, exporters),
-                                         arrival_us.tolist()):
-            try:
-                self.walk_packet(buf, mv, off, length, exp, arr)
-            except (struct.error, ValueError, IndexError, TypeError):   # defensive: never kill a shard
-                self.counters[exp].decode_errors += 1
+               arrival_us: np.ndarray, version: Optional[np.ndarray] = None) -> list[np.ndarray]:
+        n = len(offsets)
+        if version is None:
+            version = (buf[offsets].astype(np.int64) << 8) | buf[offsets + 1]
+        keys, exp_id = unique_exporters(exporters)
+        self._buf = buf
+        h = read_headers(buf, offsets, lengths, version)
+        sets, regular = walk_sets(buf, offsets, h)
+        self.seq_done = np.zeros(n, dtype=bool)                  # the packet's sequence number is checked
+        self.data_records = np.zeros(n, dtype=np.int64)
+        self._count_packets(keys, exp_id, lengths, h.ok)
+        self._walk_batch(buf, offsets, lengths, exporters, arrival_us, keys, exp_id, h, sets, regular)
+        self._check_sequences(keys, exp_id, h)
         out = self.records
         for g in list(self.groups.values()) + list(self.compact.values()):
             try:
-                recs = decode_group(g, self.state)
+                out.append(decode_group(g, self.state, self.counters))
             except (ValueError, IndexError, TypeError):                 # defensive: never kill a shard
-                self.counters[g.key[0]].decode_errors += len(g.counts)
-                continue
-            out.append(recs)
-            self.counters[g.key[0]].flows += len(recs)
+                rows, exps = g.rows()
+                self.counters[exps[0].tobytes()].decode_errors += len(rows["count"])
         return out
 
+    # -- the batch: fast segments between slow packets --------------------------------------
+    def _walk_batch(self, buf, offsets, lengths, exporters, arrival_us, keys, exp_id, h: PacketHeaders, sets,
+                    regular) -> None:
+        pv = h.version[sets.packet]
+        template_set = np.where(pv == 9, sets.set_id <= V9_OPTIONS_SET,
+                                (sets.set_id == IPFIX_TEMPLATE_SET) | (sets.set_id == IPFIX_OPTIONS_SET))
+        data = np.flatnonzero(sets.set_id >= MIN_DATA_SET_ID)
+        d_pkt = sets.packet[data]
+        always_slow = ~regular
+        always_slow[sets.packet[template_set]] = True
+        mv = memoryview(buf)
+        i, n = 0, len(offsets)
+        while i < n:
+            generation = self.state.generation
+            group_of, slow = self._classify(keys, exp_id, h, sets, data, d_pkt, always_slow, i)
+            slow_packets = np.flatnonzero(slow[i:]) + i
+            for s in slow_packets.tolist() + [n]:
+                if s > i:
+                    self._fast_segment(i, s, keys, exp_id, exporters, arrival_us, h, sets, data, d_pkt, group_of)
+                i = s + 1
+                if s == n:
+                    break
+                self._slow_packet(buf, mv, s, offsets, lengths, exporters, arrival_us)
+                if self.state.generation != generation:
+                    break                          # templates or sampling changed: classify the rest again
+
+    def _classify(self, keys, exp_id, h, sets, data, d_pkt, always_slow, first: int):
+        """(class of each data set from packet `first` on: index into self._classes, -1 when it needs the
+        slow path; slow-packet mask).  Templates are looked up once per distinct (exporter, domain, set id)."""
+        slow = always_slow.copy()
+        lo = np.searchsorted(d_pkt, first)
+        rows, pkt = data[lo:], d_pkt[lo:]
+        group_of = np.full(len(data), -1, dtype=np.int64)
+        self._classes: list = []
+        self._tables = [self.state.sampling_table(k) for k in keys]     # each exporter's, at this moment
+        if not len(rows):
+            return group_of, slow
+        if len(keys) < (1 << 15):                # (exporter, domain, set id) in one int64
+            uk, inv = np.unique((exp_id[pkt] << 48) | (h.domain[pkt] << 16) | sets.set_id[rows], return_inverse=True)
+            triples = [(k >> 48, (k >> 16) & 0xFFFFFFFF, k & 0xFFFF) for k in uk.tolist()]
+        else:
+            u1, inv1 = np.unique((exp_id[pkt] << 32) | h.domain[pkt], return_inverse=True)
+            uk, inv = np.unique((inv1.ravel() << 16) | sets.set_id[rows], return_inverse=True)
+            e_d = [int(u1[k >> 16]) for k in uk.tolist()]
+            triples = [(x >> 32, x & 0xFFFFFFFF, k & 0xFFFF) for x, k in zip(e_d, uk.tolist())]
+        cls = np.full(len(uk), -1, dtype=np.int64)
+        templates = self.state.templates
+        for j, (e, domain, set_id) in enumerate(triples):
+            compiled = templates.get((keys[e], domain, set_id))
+            if compiled is not None and not compiled.varlen and not compiled.options:
+                cls[j] = len(self._classes)
+                self._classes.append(compiled)
+        row_cls = cls[inv.ravel()]
+        group_of[lo:] = row_cls
+        slow[pkt[row_cls < 0]] = True
+        return group_of, slow
+
+    def _fast_segment(self, a: int, b: int, keys, exp_id, exporters, arrival_us, h, sets, data, d_pkt,
+                      group_of) -> None:
+        """Queue the data sets of packets a..b-1 (all regular, every data set with a known fixed template)."""
+        lo, hi = np.searchsorted(d_pkt, (a, b))
+        if lo == hi:
+            self.seq_done[a:b] = True
+            return
+        rows, pkt, cls = data[lo:hi], d_pkt[lo:hi], group_of[lo:hi]
+        for c in np.unique(cls).tolist() if (cls != cls[0]).any() else [int(cls[0])]:
+            sel = cls == c
+            r, p = (rows, pkt) if sel.all() else (rows[sel], pkt[sel])
+            compiled = self._classes[c]
+            count = sets.length[r] // compiled.record_length
+            self._add_records(p, count)
+            ver = h.version[p]
+            for v in [int(ver[0])] if (ver == ver[0]).all() else np.unique(ver).tolist():
+                sv = ver == v
+                pv, cv, rv = (p, count, r) if sv.all() else (p[sv], count[sv], r[sv])
+                g = self._group(compiled, v)
+                tables = self._tables
+                if all(t is tables[0] for t in tables):
+                    table = np.full(len(pv), g.table_index(tables[0]), dtype=np.int64)
+                else:
+                    table = np.array([g.table_index(t) for t in tables], dtype=np.int64)[exp_id[pv]]
+                g.add_block({"start": sets.start[rv], "count": cv, "arrival": arrival_us[pv], "secs": h.secs[pv],
+                             "uptime": h.uptime[pv], "domain": h.domain[pv], "table": table}, exporters[pv])
+        self.seq_done[a:b] = True
+
+    def _add_records(self, pkt: np.ndarray, count: np.ndarray) -> None:
+        self.data_records += np.bincount(pkt, weights=count, minlength=len(self.data_records)).astype(np.int64)
+
+    def _group(self, compiled, version: int) -> SetGroup:
+        g = self.groups.get((id(compiled), version))
+        if g is None:
+            g = self.groups[(id(compiled), version)] = SetGroup(compiled, version, self._buf)
+        return g
+
+    def _slow_packet(self, buf, mv, i: int, offsets, lengths, exporters, arrival_us) -> None:
+        exp = exporters[i].tobytes()
+        try:
+            data_records = self.walk_packet(buf, mv, int(offsets[i]), int(lengths[i]), exp, int(arrival_us[i]))
+        except (struct.error, ValueError, IndexError, TypeError):   # defensive: never kill a shard
+            self.counters[exp].decode_errors += 1
+            return
+        if data_records is not False:
+            self.seq_done[i] = True
+            self.data_records[i] = UNKNOWN if data_records is None else data_records
+
+    # -- per-exporter counters and sequence numbers, vectorised ------------------------------
+    def _count_packets(self, keys, exp_id, lengths, ok) -> None:
+        packets = np.bincount(exp_id, minlength=len(keys)).tolist()
+        nbytes = np.bincount(exp_id, weights=lengths, minlength=len(keys)).tolist()
+        bad = np.bincount(exp_id[~ok], minlength=len(keys)).tolist()
+        for k, p, b, e in zip(keys, packets, nbytes, bad):
+            c = self.counters[k]
+            c.packets += p
+            c.bytes += int(b)
+            c.decode_errors += e
+
+    def _check_sequences(self, keys, exp_id, h: PacketHeaders) -> None:
+        """v9 sequence counts packets, IPFIX counts data records (unknown when some data had no template)."""
+        done = np.flatnonzero(self.seq_done)
+        if not len(done):
+            return
+        e, dom, ver, seq = exp_id[done], h.domain[done], h.version[done], h.seq[done]
+        nxt = np.where(ver == 9, (seq + 1) & 0xFFFFFFFF, (seq + self.data_records[done]) & 0xFFFFFFFF)
+        nxt = np.where((ver == 10) & (self.data_records[done] == UNKNOWN), -1, nxt)
+        order = np.lexsort((ver, dom, e))                       # stable: packet order within a key
+        e, dom, ver, seq, nxt = e[order], dom[order], ver[order], seq[order], nxt[order]
+        first = np.ones(len(e), dtype=bool)
+        first[1:] = (e[1:] != e[:-1]) | (dom[1:] != dom[:-1]) | (ver[1:] != ver[:-1])
+        expected = np.empty(len(e), dtype=np.int64)
+        expected[1:] = nxt[:-1]
+        starts = np.flatnonzero(first)
+        ends = np.append(starts[1:], len(e)) - 1
+        seqs = self.state.sequences
+        for s, t in zip(starts.tolist(), ends.tolist()):
+            key = (keys[e[s]], int(dom[s]), int(ver[s]))
+            expected[s] = seqs.get(key, -1)
+            last = int(nxt[t])
+            if last < 0:
+                seqs.pop(key, None)
+            else:
+                seqs[key] = last
+        gaps = (expected >= 0) & (expected != seq)
+        if gaps.any():
+            for k, g in zip(*np.unique(e[gaps], return_counts=True)):
+                self.counters[keys[k]].seq_gaps += int(g)
+
+    # -- the per-packet slow path ----------------------------------------------------------------
     def walk_packet(self, buf: np.ndarray, mv: memoryview, off: int, length: int, exporter: bytes,
-                    arrival: int) -> None:
+                    arrival: int):
+        """Walk one packet in Python; its data records (None: some data had no template), False: bad header.
+
+        Packets and bytes are counted by the caller (and header errors: False).
+        """
         c = self.counters[exporter]
-        c.packets += 1
-        c.bytes += length
         version = (mv[off] << 8) | mv[off + 1]
         if version == 9:
             if length < V9_HEADER.size:
-                c.decode_errors += 1
-                return
+                return False
             _, count, uptime, secs, seq, domain = V9_HEADER.unpack_from(mv, off)
             pos, end = off + V9_HEADER.size, off + length
             sets_left = max(count, 1)       # nfacctd (and tshark) walk at most `count` flowsets
         else:
             if length < IPFIX_HEADER.size:
-                c.decode_errors += 1
-                return
+                return False
             _, msg_len, secs, seq, domain = IPFIX_HEADER.unpack_from(mv, off)
             if msg_len < IPFIX_HEADER.size or msg_len > length:
-                c.decode_errors += 1
-                return
+                return False
             uptime = 0
             pos, end = off + IPFIX_HEADER.size, off + msg_len
             sets_left = -1
@@ -139,20 +260,7 @@ class TemplatePacketDecoder:
                     c.decode_errors += 1
                     break
             pos += set_len
-        self.check_sequence(ctx, seq, data_records, c)
-
-    def check_sequence(self, ctx: SetContext, seq: int, data_records: Optional[int], c) -> None:
-        """v9 sequence counts packets, IPFIX counts data records (unknown when some data had no template)."""
-        key = (ctx.exporter, ctx.domain, ctx.version)
-        expected = self.state.sequences.get(key)
-        if expected is not None and expected != seq:
-            c.seq_gaps += 1
-        if ctx.version == 9:
-            self.state.sequences[key] = (seq + 1) & 0xFFFFFFFF
-        elif data_records is None:
-            self.state.sequences.pop(key, None)
-        else:
-            self.state.sequences[key] = (seq + data_records) & 0xFFFFFFFF
+        return data_records
 
     def template_set(self, version: int, set_id: int, body: memoryview, ctx: SetContext) -> bool:
         """Learn the templates of a set; False when it was malformed (stop this packet)."""
@@ -193,218 +301,20 @@ class TemplatePacketDecoder:
         if compiled.varlen:
             data, count, ok = compact_varlen_records(body, compiled)
             if compiled.options:
-                g = SetGroup(key, compiled)
+                g = SetGroup(compiled, ctx.version)
                 g.add_bytes(data, count, ctx, table)
-                learn_options(g, state, self.counters, self.learnt)
+                learn_options(g, ctx.exporter, state, self.counters, self.learnt)
             else:
-                g = self.compact.get(id(compiled))
+                g = self.compact.get((id(compiled), ctx.version))
                 if g is None:
-                    g = self.compact[id(compiled)] = SetGroup(key, compiled)
+                    g = self.compact[(id(compiled), ctx.version)] = SetGroup(compiled, ctx.version)
                 g.add_bytes(data, count, ctx, table)
             return count, ok
         count = len(body) // compiled.record_length
         if compiled.options:
-            g = SetGroup(key, compiled, buf)
+            g = SetGroup(compiled, ctx.version, buf)
             g.add(start, count, ctx, table)
-            learn_options(g, state, self.counters, self.learnt)
+            learn_options(g, ctx.exporter, state, self.counters, self.learnt)
             return count, True
-        g = self.groups.get(id(compiled))
-        if g is None:
-            g = self.groups[id(compiled)] = SetGroup(key, compiled, buf)
-        g.add(start, count, ctx, table)
+        self._group(compiled, ctx.version).add(start, count, ctx, table)
         return count, True
-
-
-# -- groups → records ---------------------------------------------------------------------
-
-def decode_group(g: SetGroup, state: DecoderState) -> np.ndarray:
-    """All flow records of a group, as RECORD_DTYPE."""
-    counts = np.asarray(g.counts, dtype=np.int64)
-    n = int(counts.sum())
-    if n == 0:
-        return np.zeros(0, dtype=RECORD_DTYPE)
-    wire = g.wire_records()
-    out = np.zeros(n, dtype=RECORD_DTYPE)
-    ctx0 = g.ctxs[0]
-    per_set = {
-        "arrival_us": np.repeat(np.fromiter((x.arrival_us for x in g.ctxs), np.int64, len(g.ctxs)), counts),
-        "export_secs": np.repeat(np.fromiter((x.export_secs for x in g.ctxs), np.int64, len(g.ctxs)), counts),
-        "uptime_ms": np.repeat(np.fromiter((x.uptime_ms for x in g.ctxs), np.int64, len(g.ctxs)), counts),
-    }
-    for a in range(0, n, CHUNK_RECORDS):          # chunks that stay in cache while ~25 columns are written
-        b = a + CHUNK_RECORDS
-        fill_records(out[a:b], wire[a:b], g.compiled, ctx0.version, {k: v[a:b] for k, v in per_set.items()},
-                     state.time_secs)
-    out["peer_src_ip"] = np.frombuffer(ctx0.exporter, dtype=np.uint8)
-    out["domain_id"] = ctx0.domain
-    out["export_proto_version"] = ctx0.version
-    _resolve_sampling(out, wire, g, counts)
-    return out
-
-
-def _resolve_sampling(out: np.ndarray, wire: np.ndarray, g: SetGroup, counts: np.ndarray) -> None:
-    """nfacctd's order: the sampler id's table entry; else the record's own interval; else the exporter's."""
-    cols = g.compiled.columns
-    sid_col = _sampler_id_column(cols)
-    if sid_col is None and ("sampling:random_interval" in cols or "sampling:interval" in cols):
-        role = "sampling:random_interval" if "sampling:random_interval" in cols else "sampling:interval"
-        out["sampling_rate"] = uint_values(wire[cols[role][0]])
-        return
-    sids = uint_values(wire[cols[sid_col][0]]) if sid_col else None
-    if sids is not None:
-        out["sampler_id"] = sids
-    tables = g.tables
-    if all(t is tables[0] for t in tables):
-        out["sampling_rate"] = _lookup(tables[0], sids, len(out))
-        return
-    which = np.repeat(np.arange(len(tables)), counts)            # the table each record saw
-    for i, t in enumerate(tables):
-        rows = which == i
-        out["sampling_rate"][rows] = _lookup(t, None if sids is None else sids[rows], int(rows.sum()))
-
-
-def _sampler_id_column(cols: dict) -> Optional[str]:
-    if "sampling:sampler_id" in cols:
-        return "sampling:sampler_id"
-    if "sampling:selector_id" in cols and cols["sampling:selector_id"][1] == 8:   # nfacctd: only 8-byte selectorId
-        return "sampling:selector_id"
-    return None
-
-
-def _lookup(table: dict, sids: Optional[np.ndarray], n: int) -> np.ndarray:
-    if not table:
-        return np.zeros(n, dtype=np.uint32)
-    if sids is None:
-        return np.full(n, table.get(0, 0), dtype=np.uint32)
-    uniq, inv = np.unique(sids, return_inverse=True)
-    rates = np.fromiter((table.get(int(u), 0) for u in uniq), dtype=np.uint32, count=len(uniq))
-    return rates[inv]
-
-
-# -- options data: sampling information -------------------------------------------------
-
-def learn_options(g: SetGroup, state: DecoderState, counters: CounterBook, learnt: list[BusMessage]) -> None:
-    """Options records of one set → the exporter's sampling table, by nfacctd's rules:
-
-    rate = samplerRandomInterval (50), else (packetInterval + packetSpace) // packetInterval
-    (305/306), else samplingInterval (34).  With a sampler id (48, or an 8-byte 302) the rate
-    is stored for that id (IPFIX: also as the exporter's rate, id 0); without one, only
-    records carrying 34 or 305+306 set the exporter's rate.
-    """
-    counts = np.asarray(g.counts, dtype=np.int64)
-    n = int(counts.sum())
-    exporter = g.key[0]
-    counters[exporter].options_records += n
-    cols = g.compiled.columns
-    if n == 0 or not any(r in cols for r in ("sampling:interval", "sampling:random_interval",
-                                             "sampling:packet_interval")):
-        return
-    wire = g.wire_records()
-
-    def col(role: Optional[str]) -> Optional[np.ndarray]:
-        return uint_values(wire[cols[role][0]]) if role in cols else None
-
-    interval, random_interval = col("sampling:interval"), col("sampling:random_interval")
-    pkt_interval, pkt_space = col("sampling:packet_interval"), col("sampling:packet_space")
-    has_packet_rate = pkt_interval is not None and pkt_space is not None
-    if random_interval is not None:
-        rate = random_interval
-    elif has_packet_rate:
-        rate = np.where(pkt_interval > 0, (pkt_interval + pkt_space) // np.maximum(pkt_interval, 1), 0)
-    elif interval is not None:
-        rate = interval
-    else:
-        return
-    sids = col(_sampler_id_column(cols))
-    exporter_wide_ok = interval is not None or has_packet_rate
-    updates: dict[int, int] = {}
-    version = g.ctxs[0].version
-    for i, r in enumerate(rate.tolist()):    # slow path: options records are few
-        if sids is not None:
-            updates[int(sids[i])] = r
-            if version == 10:                # IPFIX: a sampler's rate also becomes the exporter's
-                updates[0] = r
-        elif exporter_wide_ok:
-            updates[0] = r
-    for sid, r in updates.items():
-        if state.set_sampling(exporter, sid, r):
-            learnt.append(sampling_message(exporter, sid, r))
-
-
-# -- pending data ---------------------------------------------------------------------------
-
-def decode_pending(state: DecoderState, key: TemplateKey, compiled: CompiledTemplate,
-                   counters: CounterBook, learnt: Optional[list[BusMessage]] = None) -> np.ndarray:
-    """Decode the data sets that waited for this template (flow records; options update sampling)."""
-    pending = state.take_pending(key)
-    if not pending:
-        return np.zeros(0, dtype=RECORD_DTYPE)
-    g = SetGroup(key, compiled)
-    table = state.sampling_table(key[0])
-    for p in pending:
-        if compiled.varlen:
-            data, count, ok = compact_varlen_records(p.body, compiled)
-        else:
-            data, count, ok = p.body, len(p.body) // compiled.record_length, True
-            data = data[:count * compiled.record_length]
-        if not ok:
-            counters[key[0]].decode_errors += 1
-        g.add_bytes(bytes(data), count, p.ctx, table)
-    if compiled.options:
-        learn_options(g, state, counters, learnt if learnt is not None else [])
-        return np.zeros(0, dtype=RECORD_DTYPE)
-    recs = decode_group(g, state)
-    counters[key[0]].flows += len(recs)
-    return recs
-
-
-# -- the varlen slow path -------------------------------------------------------------------
-
-def compact_varlen_records(body, compiled: CompiledTemplate) -> tuple[bytes, int, bool]:
-    """Slow path, one Python step per record: copy each record's fixed fields end to end.
-
-    Returns (compacted records of compiled.wire_dtype.itemsize bytes each, record count,
-    whether the set was well-formed).  Trailing padding (fewer bytes than the smallest
-    possible record, RFC 7011 3.3.1) ends the set.
-    """
-    body = bytes(body)
-    plan = _varlen_plan(compiled.field_lengths)          # runs of fixed bytes (> 0) and varlen fields (0)
-    pad = bytes(compiled.wire_dtype.itemsize - sum(plan))
-    min_len = compiled.template.min_record_length
-    out = bytearray()
-    pos, end, count = 0, len(body), 0
-    while end - pos >= min_len and end > pos:
-        start_out = len(out)
-        for run in plan:
-            if run:
-                out += body[pos:pos + run]
-                pos += run
-            else:
-                if pos >= end:
-                    pos = end + 1
-                    break
-                length = body[pos]
-                pos += 1
-                if length == 255:
-                    length = int.from_bytes(body[pos:pos + 2], "big") if pos + 2 <= end else end
-                    pos += 2
-                pos += length
-        if pos > end:                                   # the record runs past the set
-            del out[start_out:]
-            return bytes(out), count, False
-        out += pad
-        count += 1
-    return bytes(out), count, True
-
-
-def _varlen_plan(lengths: tuple[int, ...]) -> list[int]:
-    """Field lengths with consecutive fixed fields merged; 0 marks a variable-length field."""
-    plan: list[int] = []
-    for length in lengths:
-        if length == VARLEN:
-            plan.append(0)
-        elif plan and plan[-1]:
-            plan[-1] += length
-        elif length:
-            plan.append(length)
-    return plan

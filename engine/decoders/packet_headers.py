@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .sflow_walk import be_words
+
 HEADER_ETHERNET, HEADER_IPV4, HEADER_IPV6 = 1, 11, 12
 ETH_IPV4, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC = 0x0800, 0x86DD, 0x8847, 0x8848
 VLAN_TAGS = (0x8100, 0x88A8, 0x9100)
@@ -56,12 +58,26 @@ class _Reader:
         return np.where(off < self.length, v, 0)
 
     def u16(self, off: np.ndarray) -> np.ndarray:
-        return (self.u8(off) << 8) | self.u8(off + 1)
+        return self._word(off, ">u2", lambda: (self.u8(off) << 8) | self.u8(off + 1))
 
     def u32(self, off: np.ndarray) -> np.ndarray:
-        return (self.u16(off) << 16) | self.u16(off + 2)
+        return self._word(off, ">u4", lambda: (self.u16(off) << 16) | self.u16(off + 2))
+
+    def _word(self, off: np.ndarray, dtype: str, bytewise) -> np.ndarray:
+        """A big-endian word per row: one unaligned load where the whole word lies inside the header
+        (the common case), else byte by byte (bytes past the header's end read as 0)."""
+        size = int(dtype[-1])
+        if self.width < size or not len(off):
+            return bytewise()
+        inside = (off + size <= self.length) & (off + size <= self.width)
+        words = be_words(self.flat, dtype)[self.base + np.minimum(off, self.width - size)].astype(np.int64)
+        return words if inside.all() else np.where(inside, words, bytewise())
 
     def span(self, off: np.ndarray, width: int) -> np.ndarray:
+        if len(off) and width <= self.width:
+            lo, hi = int(off.min()), int(off.max())
+            if lo == hi and lo + width <= self.width:           # one offset for all rows: a slice
+                return self.m[:, lo:lo + width]
         idx = np.minimum(off[:, None] + np.arange(width), self.width - 1)
         return self.flat[self.base[:, None] + idx]
 

@@ -62,11 +62,11 @@ def decode_sflow(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, expo
     new_agents = iter(firsts + [(n, None)])
     next_new = next(new_agents)
     is_counter = (fmt == COUNTER_SAMPLE) | (fmt == EXPANDED_COUNTER_SAMPLE)
-    counter_samples = [(d, b, ln, f == EXPANDED_COUNTER_SAMPLE) for d, b, ln, f in zip(
+    counter_samples = [(d, b, ln, f == EXPANDED_COUNTER_SAMPLE, False) for d, b, ln, f in zip(
         *(a[is_counter].tolist() for a in (s_dgram, s_body, s_len, fmt)))]
     counter_samples += _overrunning_counter_samples(buf, offsets + hlen, end, broken & ok, s_dgram, s_body, s_len)
     counter_samples.sort(key=lambda item: item[0])          # stable: datagram order, then sample order
-    for d, body_at, body_len, expanded in counter_samples + [(n, 0, 0, False)]:
+    for d, body_at, body_len, expanded, overrun in counter_samples + [(n, 0, 0, False, False)]:
         while next_new[0] <= d and next_new[1] is not None:      # log_init markers, in datagram order
             events.append(next_new[1])
             next_new = next(new_agents)
@@ -77,7 +77,8 @@ def decode_sflow(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, expo
         events.extend(got)
         c = counters[bytes(agents[d])]
         c.unknown_records += unknown
-        c.decode_errors += bad
+        if not overrun:         # an overrunning sample's datagram was already counted as broken once
+            c.decode_errors += bad
     records = _flow_samples(buf, s_dgram, s_body, s_len, fmt, agents, arrival_us, counters)
     return records, events
 
@@ -93,44 +94,68 @@ def _overrunning_counter_samples(buf, first, end, broken, s_dgram, s_body, s_len
             continue
         stype = int(be32(buf, np.array([at]))[0])
         if stype in (COUNTER_SAMPLE, EXPANDED_COUNTER_SAMPLE):
-            out.append((d, at + 8, int(end[d]) - at - 8, stype == EXPANDED_COUNTER_SAMPLE))
+            out.append((d, at + 8, int(end[d]) - at - 8, stype == EXPANDED_COUNTER_SAMPLE, True))
     return out
 
 
 def _count_datagrams(agents, exporters, lengths, ok, broken, seq, sub_agent, nsamples, s_dgram, fmt, state,
                      counters) -> list:
-    """Per-datagram bookkeeping (Python per datagram, not per sample): counters and sequence gaps.
+    """Per-datagram bookkeeping, vectorised: counters per agent and sequence gaps per (agent, sub-agent);
+    Python runs once per distinct agent / (agent, sub-agent) of the batch, not per datagram.
 
     Returns [(datagram index, AgentSeen)] for the first datagram of each (agent, sub-agent) of the batch."""
     n = len(lengths)
-    per = lambda mask: np.bincount(s_dgram[mask], minlength=n).tolist()  # noqa: E731
-    flows = per((fmt == FLOW_SAMPLE) | (fmt == EXPANDED_FLOW_SAMPLE))
-    cnts = per((fmt == COUNTER_SAMPLE) | (fmt == EXPANDED_COUNTER_SAMPLE))
-    unknown = per(~np.isin(fmt, (1, 2, 3, 4)))
-    announced = nsamples.tolist()
+    if n == 0:
+        return []
+    per = lambda mask: np.bincount(s_dgram[mask], minlength=n)  # noqa: E731
+    good = ok.astype(np.int64)
+    cols = np.stack([np.ones(n, np.int64), lengths.astype(np.int64), 1 - good + good * broken,
+                     good * nsamples, good * per((fmt == COUNTER_SAMPLE) | (fmt == EXPANDED_COUNTER_SAMPLE)),
+                     good * per(~np.isin(fmt, (1, 2, 3, 4)))])
+    who = np.where(ok[:, None], agents, exporters)          # a bad datagram counts against its sender
+    uniq, first, inverse = np.unique(np.ascontiguousarray(who).view("V16").ravel(), return_index=True,
+                                     return_inverse=True)
+    inverse = inverse.ravel()
+    sums = np.zeros((len(cols), len(uniq)), np.int64)
+    for k in range(len(cols)):
+        sums[k] = np.bincount(inverse, weights=cols[k], minlength=len(uniq)).astype(np.int64)
+    gaps = np.zeros(len(uniq), np.int64)
     firsts: list[tuple[int, AgentSeen]] = []
-    batch_keys: set = set()
-    for i, (good, bad, length) in enumerate(zip(ok.tolist(), broken.tolist(), lengths.tolist())):
-        agent = bytes(agents[i]) if good else bytes(exporters[i])
-        c = counters[agent]
-        c.packets += 1
-        c.bytes += length
-        if not good:
-            c.decode_errors += 1
-            continue
-        c.decode_errors += bad
-        c.samples += announced[i]
-        c.counter_samples += cnts[i]
-        c.unknown_samples += unknown[i]
-        key = (agent, int(sub_agent[i]), "sflow")
-        if key not in batch_keys:
-            batch_keys.add(key)
-            firsts.append((i, AgentSeen(agent, key[1])))
-        s = int(seq[i])
-        expected = state.sequences.get(key)
-        if expected is not None and expected != s:
-            c.seq_gaps += 1
-        state.sequences[key] = (s + 1) & 0xFFFFFFFF
+    good_idx = np.flatnonzero(ok)
+    if len(good_idx):
+        key_bytes = np.zeros((len(good_idx), 20), np.uint8)
+        key_bytes[:, :16] = agents[good_idx]
+        key_bytes[:, 16:] = sub_agent[good_idx].astype(">u4").view(np.uint8).reshape(-1, 4)
+        kuniq, kfirst, kinv = np.unique(key_bytes.view("V20").ravel(), return_index=True, return_inverse=True)
+        kinv = kinv.ravel()
+        order = np.argsort(kinv, kind="stable")              # by key, datagram order within a key
+        sk, ss = kinv[order], seq[good_idx][order].astype(np.int64)
+        jump = (sk[1:] == sk[:-1]) & (ss[1:] != ((ss[:-1] + 1) & 0xFFFFFFFF))
+        key_agent = inverse[good_idx[kfirst]]                   # each key's agent row in uniq
+        np.add.at(gaps, key_agent[sk[1:][jump]], 1)
+        last = np.zeros(len(kuniq), np.int64)
+        ends = np.flatnonzero(np.append(sk[1:] != sk[:-1], True))
+        last[sk[ends]] = ss[ends]                               # the latest sequence number of each key
+        first_seq = seq[good_idx[kfirst]].astype(np.int64)
+        for k in np.argsort(kfirst).tolist():                   # keys in first-seen order
+            d = int(good_idx[kfirst[k]])
+            agent = bytes(agents[d])
+            key = (agent, int(sub_agent[d]), "sflow")
+            firsts.append((d, AgentSeen(agent, key[1])))
+            expected = state.sequences.get(key)
+            if expected is not None and expected != int(first_seq[k]):
+                gaps[key_agent[k]] += 1
+            state.sequences[key] = (int(last[k]) + 1) & 0xFFFFFFFF
+    for a in np.argsort(first).tolist():                        # agents in first-seen order
+        c = counters[bytes(who[first[a]])]
+        packets, nbytes, errors, samples, counter_samples, unknown = sums[:, a].tolist()
+        c.packets += packets
+        c.bytes += nbytes
+        c.decode_errors += errors
+        c.samples += samples
+        c.counter_samples += counter_samples
+        c.unknown_samples += unknown
+        c.seq_gaps += int(gaps[a])
     return firsts
 
 
@@ -160,8 +185,8 @@ def _flow_samples(buf, s_dgram, s_body, s_len, fmt, agents, arrival_us, counters
         known |= sel
         if sel.any():
             short = RECORD_PARSERS[rtype](cols, buf, r_sample[sel], r_body[sel], r_len[sel])
-            if short:
-                bad_records[r_sample[sel][:1]] += short     # counted, attributed to the first sample's agent
+            if short.any():                                  # counted on the agent of each broken record's sample
+                np.add.at(bad_records, r_sample[sel][short], 1)
     unknown_per_sample = np.bincount(r_sample[~known], minlength=m)
     per_agent_bad = broken.astype(np.int64) + bad_records
     for s in np.flatnonzero(per_agent_bad | unknown_per_sample).tolist():
@@ -189,10 +214,17 @@ def _flow_samples(buf, s_dgram, s_body, s_len, fmt, agents, arrival_us, counters
     out["export_proto_version"] = SFLOW_VERSION
     per_dgram = np.bincount(d, minlength=len(agents))
     frames = np.bincount(dgram, weights=cols["frame_length"], minlength=len(agents))
-    for a in np.flatnonzero(per_dgram | (frames > 0)).tolist():
-        c = counters[bytes(agents[a])]
-        c.flows += int(per_dgram[a])
-        c.frame_bytes += int(frames[a])
+    rows = np.flatnonzero(per_dgram | (frames > 0))
+    if len(rows):                               # summed per agent: Python once per agent, not per datagram
+        uniq, first, inverse = np.unique(np.ascontiguousarray(agents[rows]).view("V16").ravel(),
+                                         return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+        flows = np.bincount(inverse, weights=per_dgram[rows], minlength=len(uniq))
+        frame_bytes = np.bincount(inverse, weights=frames[rows], minlength=len(uniq))
+        for k in np.argsort(first).tolist():
+            c = counters[bytes(agents[rows[first[k]]])]
+            c.flows += int(flows[k])
+            c.frame_bytes += int(frame_bytes[k])
     return out
 
 

@@ -43,6 +43,17 @@ RECORD_LAYOUTS = {
 }
 
 
+def _print_order(fields: tuple, printed) -> tuple[tuple, tuple]:
+    """(printed keys, their positions among the unpacked values)."""
+    wire = [k for k, _ in fields]
+    keys = tuple(printed or wire)
+    return keys, tuple(wire.index(k) for k in keys)
+
+
+_PRINT_ORDER = {rtype: _print_order(fields, printed)
+                for rtype, (_, fields, _, printed) in RECORD_LAYOUTS.items()}
+
+
 @dataclass
 class AgentSeen:
     """A datagram from this (agent, sub-agent) was decoded: the counter file's `log_init` line the first time."""
@@ -89,9 +100,9 @@ def decode_counter_sample(body: bytes, expanded: bool, agent: bytes, sub_agent: 
             unknown += layout is None
             events.append(CounterEvent(agent, sub_agent, dgram_seq, seq, index, None, ()))
             continue
-        name, fields, st, printed = layout
-        values = dict(zip((k for k, _ in fields), st.unpack_from(body, start)))
-        order = printed or tuple(k for k, _ in fields)
+        name, _fields, st, _printed = layout
+        keys, positions = _PRINT_ORDER[rtype]
+        values = st.unpack_from(body, start)
         events.append(CounterEvent(agent, sub_agent, dgram_seq, seq, index, name,
-                                   tuple((k, values[k]) for k in order)))
+                                   tuple(zip(keys, [values[i] for i in positions]))))
     return events, unknown, False

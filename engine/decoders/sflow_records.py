@@ -47,12 +47,12 @@ def _address(buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return out, used, v4 | v6 | (kind == 0), v4 | v6
 
 
-def raw_header(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray) -> int:
-    """Raw packet header records; returns how many were too short (broken)."""
+def raw_header(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray) -> np.ndarray:
+    """Raw packet header records; returns the mask of those too short (broken)."""
     ok = blen >= 16
     sample, body, blen = sample[ok], body[ok], blen[ok]
     if len(sample) == 0:
-        return int((~ok).sum())
+        return ~ok
     protocol = be32(buf, body)
     frame_length = be32(buf, body + 4)
     hlen = np.minimum(be32(buf, body + 12).astype(np.int64), blen - 16)
@@ -66,20 +66,20 @@ def raw_header(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray
         cols[name][sample] = getattr(h, name)
     cols["src_host"][sample] = h.src
     cols["dst_host"][sample] = h.dst
-    return int((~ok).sum())
+    return ~ok
 
 
-def ethernet_frame(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray) -> int:
+def ethernet_frame(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray) -> np.ndarray:
     ok = blen >= 24
     sample, body = sample[ok], body[ok]
     cols["src_mac"][sample] = gather_bytes(buf, body + 4, 6)
     cols["dst_mac"][sample] = gather_bytes(buf, body + 12, 6)
     cols["etype"][sample] = be32(buf, body + 20).astype(np.uint16)
-    return int((~ok).sum())
+    return ~ok
 
 
 def ip_data(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray,
-            family: int) -> int:
+            family: int) -> np.ndarray:
     """IPv4 data (3) / IPv6 data (4): a flow even without a raw header; overrides its L3/L4 fields."""
     alen = 4 if family == 4 else 16
     ok = blen >= 8 + 2 * alen + 16
@@ -102,30 +102,30 @@ def ip_data(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, b
     cols["dst_port"][sample] = be32(buf, p + 4).astype(np.uint16)
     cols["tcp_flags"][sample] = be32(buf, p + 8).astype(np.uint8)
     cols["tos"][sample] = be32(buf, p + 12).astype(np.uint8)
-    return int((~ok).sum())
+    return ~ok
 
 
-def extended_switch(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray) -> int:
+def extended_switch(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray) -> np.ndarray:
     """sfacctd's vlan: the incoming VLAN, else the outgoing one (16 bits of the 32-bit field)."""
     ok = blen >= 16
     sample, body = sample[ok], body[ok]
     src_vlan, dst_vlan = be32(buf, body), be32(buf, body + 8)
     cols["switch_vlan"][sample] = np.where(src_vlan != 0, src_vlan, dst_vlan).astype(np.uint16)
     cols["has_switch"][sample] = True
-    return int((~ok).sum())
+    return ~ok
 
 
-def extended_router(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray) -> int:
+def extended_router(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray) -> np.ndarray:
     addr, used, valid, _ = _address(buf, body)
     ok = valid & (blen >= used + 8)
     sample, body, addr, used = sample[ok], body[ok], addr[ok], used[ok]
     cols["ip_next_hop"][sample] = addr
     cols["src_mask"][sample] = be32(buf, body + used).astype(np.uint8)
     cols["dst_mask"][sample] = be32(buf, body + used + 4).astype(np.uint8)
-    return int((~ok).sum())
+    return ~ok
 
 
-def extended_gateway(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray) -> int:
+def extended_gateway(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.ndarray, blen: np.ndarray) -> np.ndarray:
     """BGP next hop → peer_dst_ip; src_as, peer_src_as; AS path: first AS → peer_dst_as, last → dst_as."""
     addr, used, valid, known = _address(buf, body)
     ok = valid & (blen >= used + 16)
@@ -151,7 +151,7 @@ def extended_gateway(cols: dict, buf: np.ndarray, sample: np.ndarray, body: np.n
         left = np.where(live, left - 1, 0)
     cols["dst_as"][sample] = last
     cols["peer_dst_as"][sample] = first
-    return int((~ok).sum())
+    return ~ok
 
 
 RECORD_PARSERS = {

@@ -20,8 +20,19 @@ MAX_ITEMS = 4096        # more samples / records than this in one parent: treate
 def be32(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Big-endian uint32 at each position (positions must leave 4 bytes in buf; others give garbage)."""
     pos = np.minimum(pos, len(buf) - 4)
-    u = np.uint32
-    return (buf[pos].astype(u) << 24) | (buf[pos + 1].astype(u) << 16) | (buf[pos + 2].astype(u) << 8) | buf[pos + 3]
+    if len(buf) < 4 or not buf.flags.c_contiguous:
+        u = np.uint32
+        return ((buf[pos].astype(u) << 24) | (buf[pos + 1].astype(u) << 16) | (buf[pos + 2].astype(u) << 8)
+                | buf[pos + 3])
+    if len(pos) and not (pos & 3).any():               # XDR fields of 4-aligned datagrams: aligned loads
+        return buf[:len(buf) & ~3].view(np.uint32).take(pos >> 2).byteswap()
+    return be_words(buf, ">u4")[pos].astype(np.uint32)
+
+
+def be_words(buf: np.ndarray, dtype: str) -> np.ndarray:
+    """A view of buf as big-endian words starting at every byte (element i: the word at offset i)."""
+    size = np.dtype(dtype).itemsize
+    return np.ndarray((len(buf) - size + 1,), dtype=dtype, buffer=buf, strides=(1,))
 
 
 def be64(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:

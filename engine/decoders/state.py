@@ -58,6 +58,51 @@ class CounterBook(dict):
         return c
 
 
+MAX_KEYS_PER_EXPORTER = 4096        # templates / sequence keys per exporter address (routers use tens)
+PENDING_SET_COST = 64               # a pending set counts at least this many bytes against the limit
+
+
+class KeysByExporter:
+    """Keys of a table in arrival order, per exporter address (key[0]): which one to evict first."""
+
+    def __init__(self) -> None:
+        self._keys: dict[bytes, OrderedDict] = {}
+
+    def added(self, key: tuple) -> Optional[tuple]:
+        """Note a new key; the exporter's oldest key when it now has too many (the caller drops it)."""
+        keys = self._keys.setdefault(key[0], OrderedDict())
+        keys[key] = None
+        if len(keys) > MAX_KEYS_PER_EXPORTER:
+            return keys.popitem(last=False)[0]
+        return None
+
+    def removed(self, key: tuple) -> None:
+        keys = self._keys.get(key[0])
+        if keys is not None:
+            keys.pop(key, None)
+            if not keys:
+                del self._keys[key[0]]
+
+
+class SequenceTable(dict):
+    """(exporter, domain / engine / sub-agent, version) → next expected sequence number, bounded per exporter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._order = KeysByExporter()
+
+    def __setitem__(self, key, value) -> None:
+        if key not in self:
+            old = self._order.added(key)
+            if old is not None:
+                super().pop(old, None)
+        super().__setitem__(key, value)
+
+    def pop(self, key, *default):
+        self._order.removed(key)
+        return super().pop(key, *default)
+
+
 class SetContext:
     """What a data set needs from its packet header (a plain slotted class: one per packet)."""
     __slots__ = ("version", "exporter", "domain", "arrival_us", "export_secs", "uptime_ms")
@@ -89,30 +134,56 @@ class DecoderState:
         self.sampling: dict[bytes, dict[int, int]] = {}
         self.pending: OrderedDict[int, PendingSet] = OrderedDict()     # arrival order
         self.pending_bytes = 0
-        self.pending_keys: dict[TemplateKey, int] = {}                   # key → number of pending sets
+        self.pending_keys: dict[TemplateKey, list[int]] = {}             # key → its pending set ids, oldest first
         self._pending_seq = 0
-        self.sequences: dict[tuple, int] = {}       # (exporter, domain/engine, version) → next expected
+        self.sequences: dict[tuple, int] = SequenceTable()  # (exporter, domain/engine, version) → next expected
+        self._template_order = KeysByExporter()
+        self._pending_count_limit = max(1, pending_limit_bytes // PENDING_SET_COST)
+        self.wanted: Optional[frozenset[str]] = None  # record fields some consumer reads (None: fill all)
+        self.generation = 0                          # bumped whenever templates or sampling tables change
+        self._compiled: dict[Template, CompiledTemplate] = {}   # identical templates share one compilation
 
     # -- templates --------------------------------------------------------------------------
     def learn_template(self, key: TemplateKey, template: Template) -> tuple[Optional[CompiledTemplate], bool]:
         """Store a template; (compiled or None, whether it is new or changed)."""
         if template.withdrawn:
-            return None, self.templates.pop(key, None) is not None
+            removed = self._drop_template(key)
+            self.generation += removed
+            return None, removed
         old = self.templates.get(key)
         if old is not None and old.template == template:
             return old, False
-        compiled = compile_template(template)
+        self.generation += 1
+        compiled = self._compile(template)
         if compiled is None:
-            self.templates.pop(key, None)
+            self._drop_template(key)
             return None, old is not None
+        if old is None:
+            evicted = self._template_order.added(key)
+            if evicted is not None:                 # bounded per exporter: the oldest key goes
+                self.templates.pop(evicted, None)
         self.templates[key] = compiled
         return compiled, True
+
+    def _drop_template(self, key: TemplateKey) -> bool:
+        self._template_order.removed(key)
+        return self.templates.pop(key, None) is not None
+
+    def _compile(self, template: Template) -> Optional[CompiledTemplate]:
+        """Compile once per distinct template: exporters sharing a layout share its data-set group."""
+        if template in self._compiled:
+            return self._compiled[template]
+        if len(self._compiled) >= 4096:        # bounded under template churn
+            self._compiled.clear()
+        compiled = self._compiled[template] = compile_template(template)
+        return compiled
 
     def withdraw_all(self, exporter: bytes, domain: int, options: bool) -> list[TemplateKey]:
         keys = [k for k, c in self.templates.items()
                 if k[0] == exporter and k[1] == domain and c.options == options]
         for k in keys:
-            del self.templates[k]
+            self._drop_template(k)
+        self.generation += 1
         return keys
 
     # -- sampling ---------------------------------------------------------------------------
@@ -126,6 +197,7 @@ class DecoderState:
         new = dict(table)
         new[sampler_id] = rate
         self.sampling[exporter] = new
+        self.generation += 1
         return True
 
     # -- data waiting for its template ----------------------------------------------------
@@ -139,28 +211,27 @@ class DecoderState:
         self._pending_seq += 1
         self.pending[self._pending_seq] = PendingSet(key, bytes(body), ctx)
         self.pending_bytes += len(body)
-        self.pending_keys[key] = self.pending_keys.get(key, 0) + 1
-        while self.pending_bytes > self.pending_limit_bytes:
-            _, old = self.pending.popitem(last=False)
-            self._forget(old)
+        self.pending_keys.setdefault(key, []).append(self._pending_seq)
+        while self.pending_bytes > self.pending_limit_bytes or len(self.pending) > self._pending_count_limit:
+            i, old = self.pending.popitem(last=False)
+            self._forget(i, old)
             counters[old.ctx.exporter].pending_expired_sets += 1
 
     def take_pending(self, key: TemplateKey) -> list[PendingSet]:
-        """Remove and return the pending sets of a template, oldest first."""
-        if key not in self.pending_keys:
+        """Remove and return the pending sets of a template, oldest first (costs the sets returned)."""
+        ids = self.pending_keys.pop(key, None)
+        if not ids:
             return []
-        ids = [i for i, p in self.pending.items() if p.key == key]
         out = [self.pending.pop(i) for i in ids]
-        for p in out:
-            self._forget(p)
+        self.pending_bytes -= sum(len(p.body) for p in out)
         return out
 
-    def _forget(self, p: PendingSet) -> None:
+    def _forget(self, i: int, p: PendingSet) -> None:
+        """Account for pending set i leaving self.pending (expired or pushed out)."""
         self.pending_bytes -= len(p.body)
-        left = self.pending_keys[p.key] - 1
-        if left:
-            self.pending_keys[p.key] = left
-        else:
+        ids = self.pending_keys[p.key]
+        ids.remove(i)                   # the oldest are first: found at once
+        if not ids:
             del self.pending_keys[p.key]
 
     def expire_pending(self, now_us: int) -> dict[bytes, ExporterCounters]:
@@ -172,7 +243,7 @@ class DecoderState:
             if p.ctx.arrival_us >= limit:
                 break
             del self.pending[i]
-            self._forget(p)
+            self._forget(i, p)
             counters[p.ctx.exporter].pending_expired_sets += 1
         return dict(counters)
 
@@ -186,7 +257,7 @@ class DecoderState:
 
     def apply(self, msgs: list[BusMessage]) -> np.ndarray:
         """Apply templates / sampling learnt elsewhere; returns records decoded from pending data."""
-        from .netflow_v9 import decode_pending     # here: netflow_v9 imports this module
+        from .netflow_groups import decode_pending     # here: netflow_groups imports this module
         out = []
         for m in msgs:
             try:

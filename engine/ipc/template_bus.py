@@ -23,6 +23,13 @@ updates in order leaves the latest payload per key (updates are idempotent).
 Everything received is treated as bytes: nothing is unpickled or evaluated.
 Malformed messages are counted and skipped.
 
+Security: on ipc:// the sockets live in the supervisor's private 0700 runtime
+folder.  Over tcp:// the bus is always authenticated and encrypted with
+ZeroMQ CURVE: the bus generates a server key pair and a client key pair per
+run (in memory, never written to disk); BusEndpoints carries the keys to the
+shards, and a ZAP handler admits only the client public key.  A tcp bus
+without CURVE cannot be made (ValueError when libzmq lacks CURVE).
+
 Persistence (nfacctd_templates_file): one JSON object per line,
     {"key": "<hex>", "payload": "<hex>"}
 sorted by key.  Loaded at start (a missing file is fine; a corrupt file is
@@ -55,11 +62,30 @@ _MAX_IPC_PATH = 107              # sizeof(sockaddr_un.sun_path) - 1 on Linux
 
 
 @dataclass(frozen=True)
+class CurveKeys:
+    """The CURVE keys a client needs (Z85 bytes): the server's public key and its own pair."""
+    server_public: bytes
+    client_public: bytes
+    client_secret: bytes
+
+    def __repr__(self) -> str:              # never print a secret into a log
+        return f"CurveKeys(server_public={self.server_public!r}, client_public={self.client_public!r}, ...)"
+
+
+@dataclass(frozen=True)
 class BusEndpoints:
     """Where a shard connects; picklable, handed to shard processes."""
     publish: str                 # where shards send what they learn
     subscribe: str               # where shards receive what others learnt
     snapshot: str                # request/reply for the full current state
+    curve: Optional[CurveKeys] = None   # tcp:// only: the client's CURVE keys
+
+
+def _curve_client(sock: zmq.Socket, keys: Optional[CurveKeys]) -> None:
+    if keys is not None:
+        sock.curve_serverkey = keys.server_public
+        sock.curve_publickey = keys.client_public
+        sock.curve_secretkey = keys.client_secret
 
 
 def _pairs(frames: list[bytes]) -> Optional[list[tuple[bytes, bytes]]]:
@@ -113,9 +139,17 @@ class TemplateBus:
         self.runtime_dir = runtime_dir
         self.persist_path = persist_path
         self._binds = self._plan_binds(endpoint)
+        self._server_secret: Optional[bytes] = None
+        self._curve: Optional[CurveKeys] = None
+        if not endpoint.startswith("ipc"):
+            if not zmq.has("curve"):
+                raise ValueError("a tcp template bus needs ZeroMQ CURVE authentication: this libzmq has none")
+            server_public, self._server_secret = zmq.curve_keypair()
+            self._curve = CurveKeys(server_public, *zmq.curve_keypair())
+        self._auth = None
         self._endpoints: Optional[BusEndpoints] = None
         if self._binds is not None:
-            self._endpoints = BusEndpoints(*self._binds)
+            self._endpoints = BusEndpoints(*self._binds, curve=self._curve)
         self._lock = threading.Lock()
         self._state: dict[bytes, bytes] = {}
         self._dirty = False
@@ -126,7 +160,7 @@ class TemplateBus:
         self._start_error: Optional[BaseException] = None
         self._counters = dict.fromkeys(
             ("messages", "items", "updates", "unchanged", "malformed", "snapshots", "welcomes",
-             "saves", "save_errors", "errors"), 0)
+             "saves", "save_errors", "errors", "auth_refused"), 0)
 
     def _plan_binds(self, endpoint: str) -> Optional[tuple[str, str, str]]:
         if endpoint == "ipc":
@@ -202,6 +236,7 @@ class TemplateBus:
             self._start_error = exc
             for s in sockets:
                 s.close(linger=0)
+            self._stop_auth()
             if ctx is not None:
                 ctx.term()
             self._ready.set()
@@ -238,6 +273,7 @@ class TemplateBus:
                 self._save()
             for s in sockets:
                 s.close(linger=0)
+            self._stop_auth()
             ctx.term()
             if self._binds and self._binds[0].startswith("ipc://"):
                 for f in IPC_FILES:
@@ -252,13 +288,41 @@ class TemplateBus:
         pull.rcvhwm = HIGH_WATER_MARK
         pub.sndhwm = HIGH_WATER_MARK
         router.sndhwm = HIGH_WATER_MARK
+        if self._curve is not None:
+            self._start_auth(ctx)
+            for s in (pull, pub, router):
+                s.curve_server = True
+                s.curve_secretkey = self._server_secret
+                s.curve_publickey = self._curve.server_public
         if self._binds is None:
             ports = [s.bind_to_random_port("tcp://127.0.0.1") for s in (pull, pub, router)]
-            self._endpoints = BusEndpoints(*(f"tcp://127.0.0.1:{p}" for p in ports))
+            self._endpoints = BusEndpoints(*(f"tcp://127.0.0.1:{p}" for p in ports), curve=self._curve)
         else:
             for s, addr in zip((pull, pub, router), self._binds):
                 s.bind(addr)
         return pull, pub, router
+
+    def _start_auth(self, ctx: zmq.Context) -> None:
+        """A ZAP handler on ctx that admits the run's client key only (and counts refusals)."""
+        from zmq.auth.thread import ThreadAuthenticator
+        allowed = self._curve.client_public
+        bus = self
+
+        class OnlyOurShards:
+            def callback(self, _domain: str, key: bytes) -> bool:
+                if key == allowed:
+                    return True
+                bus._count("auth_refused")
+                return False
+
+        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger(__name__ + ".auth"))
+        self._auth.start()
+        self._auth.configure_curve_callback("*", credentials_provider=OnlyOurShards())
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -346,6 +410,7 @@ class BusClient:
         self._push = self._ctx.socket(zmq.PUSH)
         self._push.sndhwm = HIGH_WATER_MARK
         self._push.linger = 1000                         # deliver what was published before close()
+        _curve_client(self._push, endpoints.curve)
         self._push.connect(endpoints.publish)
         self._welcome = WELCOME + os.urandom(16)
         self.socket = self._ctx.socket(zmq.SUB)          # register with zmq.Poller beside the UDP socket
@@ -353,9 +418,11 @@ class BusClient:
         self.socket.linger = 0
         self.socket.setsockopt(zmq.SUBSCRIBE, UPDATE)
         self.socket.setsockopt(zmq.SUBSCRIBE, self._welcome)   # after UPDATE: same connection, same order
+        _curve_client(self.socket, endpoints.curve)
         self.socket.connect(endpoints.subscribe)
         self._dealer = self._ctx.socket(zmq.DEALER)
         self._dealer.linger = 0
+        _curve_client(self._dealer, endpoints.curve)
         self._dealer.connect(endpoints.snapshot)
         self._welcomed = False
         self._backlog: list[tuple[bytes, bytes]] = []

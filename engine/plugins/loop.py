@@ -17,9 +17,9 @@ import numpy as np
 
 from ..config.tree import CoreConfig, PluginConfig
 from ..enrich import PluginStage
-from ..proc import handlers_installed
+from ..proc import beat, busy, handlers_installed
 
-READ_CHUNK = 1 << 18        # records taken from one ring per read
+READ_CHUNK = 1 << 14        # records taken from one ring per read (4 MiB: the copy is still in cache when aggregated)
 STATS_EVERY = 1.0           # seconds between stats file refreshes
 
 
@@ -50,6 +50,7 @@ class RingLoop:
         """Read every ring once through the enrichment stage into consume(); records read."""
         got = 0
         for ring in self.rings:
+            beat()                      # the supervisor's hang watch: once per ring read
             batch = ring.read(READ_CHUNK)
             if len(batch):
                 got += len(batch)
@@ -90,7 +91,9 @@ class RingLoop:
         """Map reloads and counter logs asked for by signals; the stats file about once a second."""
         if self.reload_requested:
             self.reload_requested = False
+            busy(60.0)
             self.stage.reload()
+            busy(0.0)
         if self.stats_requested:
             self.stats_requested = False
             self.log_counters()

@@ -32,7 +32,9 @@ import numpy as np
 from ..config.tree import CoreConfig, PluginConfig
 from ..schema import PRIMITIVES
 from .aggregate import AggregatedRows
+from . import render_bytes
 from .destinations import expand_name, split_by_name
+from .render_bytes import NotRenderable
 from .render import (COUNTER_KEYS, FORMATTED_WIDTH, RenderOptions, counter_names, int_values, json_is_string,
                      primitive_values, printed_primitives, stamp_text)
 
@@ -73,7 +75,54 @@ class LineFormat:
         widths = [FORMATTED_WIDTH[p] for p in prims + counters]
         return "".join(h.ljust(w) for h, w in zip(heads, widths))
 
+    def block(self, rows: AggregatedRows) -> str:
+        """The row lines of a chunk of rows, each ending in a newline (CSV and JSON: byte matrices,
+        render_bytes, ~2x faster; formatted output is mostly padding, cheaper as %-templates)."""
+        try:
+            if self.kind != "formatted":
+                return self._matrix_block(rows)
+        except NotRenderable:
+            pass
+        lines = self.template_lines(rows)
+        return "\n".join(lines) + "\n" if lines else ""
+
+    def _matrix_block(self, rows: AggregatedRows) -> str:
+        prims, counters = self.columns(rows.primitives, rows.with_flows)
+        cols = [render_bytes.primitive(rows, p, self.opts) for p in prims]
+        pieces: list = []
+        if self.kind == "json":
+            pieces.append(b'{"event_type": "purge"')
+            for p, col in zip(prims, cols):
+                quote = b'"' if json_is_string(p) else b""
+                pieces += [f', "{PRIMITIVES[p].json_key}": '.encode() + quote, col, quote]
+            if rows.stamp_inserted is not None:
+                pieces += [b', "stamp_inserted": "', render_bytes.stamp(rows.stamp_inserted, self.opts), b'"']
+                updated = stamp_text(np.array([rows.stamp_updated]), self.opts)[0]
+                pieces.append(f', "stamp_updated": "{updated}"'.encode())
+            for name in sorted(counters, key=JSON_COUNTER_ORDER.index):
+                pieces += [f', "{COUNTER_KEYS[name][0]}": '.encode(), render_bytes.decimal(getattr(rows, name))]
+            pieces.append(b"}")
+        else:
+            cols += [render_bytes.decimal(getattr(rows, name)) for name in counters]
+            names = prims + counters
+            sep = self.sep.encode() if self.kind == "csv" else b""
+            for i, (name, col) in enumerate(zip(names, cols)):
+                if i and sep:
+                    pieces.append(sep)
+                width = FORMATTED_WIDTH[name] if self.kind == "formatted" else 0
+                pieces.append(render_bytes.padded(col, width) if width else col)
+        return render_bytes.block(pieces, len(rows))
+
     def lines(self, rows: AggregatedRows) -> list[str]:
+        """The row lines (no newlines) of a chunk of rows."""
+        if self.kind != "formatted":
+            try:
+                return self._matrix_block(rows).split("\n")[:-1]
+            except NotRenderable:
+                pass
+        return self.template_lines(rows)
+
+    def template_lines(self, rows: AggregatedRows) -> list[str]:
         """The row lines (no newlines) of a chunk of rows: one %-template per format, filled in C."""
         prims, counters = self.columns(rows.primitives, rows.with_flows)
         cols = [primitive_values(rows, p, self.opts) for p in prims]
@@ -149,8 +198,7 @@ class PrintWriter:
     def _blocks(self, rows: AggregatedRows) -> Iterator[str]:
         for i in range(0, len(rows), CHUNK_ROWS):
             chunk = rows.take(slice(i, i + CHUNK_ROWS)) if len(rows) > CHUNK_ROWS else rows
-            lines = self.fmt.lines(chunk)
-            yield "\n".join(lines) + "\n" if lines else ""
+            yield self.fmt.block(chunk)
 
     def _marker_start(self) -> str:
         if self.fmt.kind == "json":

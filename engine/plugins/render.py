@@ -147,6 +147,12 @@ def peer_text(addr16: np.ndarray, absent: str = "", flow_family: Optional[np.nda
     prints it ("::", "::ffff:0.0.0.0"), except where `missing` (schema peer_dst_missing: an sFlow
     sample without extended gateway) says none was exported: absent, as sfacctd prints it.
     """
+    return _address_text(addr16, *peer_forms(addr16, flow_family, missing), absent)
+
+
+def peer_forms(addr16: np.ndarray, flow_family: Optional[np.ndarray] = None,
+               missing: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(dotted, IPv6 text) masks of peer_text's addresses; rows in neither are absent."""
     as_v4 = _is_mapped(addr16)
     as_v6 = ~as_v4 & np.any(addr16, axis=1)
     if flow_family is not None:
@@ -155,7 +161,20 @@ def peer_text(addr16: np.ndarray, absent: str = "", flow_family: Optional[np.nda
             v6_flow &= missing == 0
         as_v4 &= ~v6_flow
         as_v6 |= v6_flow
-    return _address_text(addr16, as_v4, as_v6, absent)
+    return as_v4, as_v6
+
+
+def address_forms(rows: AggregatedRows, primitive: str) -> tuple[np.ndarray, np.ndarray]:
+    """(dotted, IPv6 text) masks of an address primitive's rows, as primitive_values decides them."""
+    values = rows.column(primitive)
+    if PRIMITIVES[primitive].derived == "net" or primitive in ("src_host", "dst_host"):
+        family = rows.family()
+        return family == 4, family == 6
+    if primitive != "peer_dst_ip":
+        return peer_forms(values)
+    names = rows.keys.dtype.names or ()
+    missing = rows.keys["peer_dst_missing"] if "peer_dst_missing" in names else None
+    return peer_forms(values, rows.family(), missing)
 
 
 def mac_text(mac: np.ndarray) -> list[str]:

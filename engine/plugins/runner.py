@@ -16,9 +16,11 @@ from typing import Optional
 
 from ..config.tree import CoreConfig, PluginConfig
 from .aggregate import Aggregator
+from ..proc import busy
 from .loop import RingLoop, install_signals
 
 IDLE_SLEEP = 0.02           # seconds to sleep when every ring is empty
+PURGE_BUSY_S = 600.0        # longest purge (sink retries included) before the supervisor calls it hung
 
 
 def next_refresh(now: float, refresh: int) -> float:
@@ -57,6 +59,7 @@ class PluginLoop(RingLoop):
         pid = os.getpid()
         started = time.time()
         self.log.info("*** Purging cache - START (PID: %d) ***", pid)
+        busy(PURGE_BUSY_S)              # the supervisor's hang watch: a big purge is not a hang
         rows = self.aggregator.purge()
         try:
             written = self.writer.write(rows)
@@ -64,6 +67,7 @@ class PluginLoop(RingLoop):
             written = 0
             self.purge_errors += 1
             self.log.error("purge failed: %s", e, exc_info=True)
+        busy(0.0)
         self.purges += 1
         self.rows_purged += len(rows)
         elapsed = str(int(time.time() - started)) if len(rows) else "X"

@@ -25,7 +25,7 @@ from ..ipc.template_bus import BusClient, BusEndpoints
 from ..maps import MapError
 from ..maps.sampling import apply_sampling_map, load_sampling_map, renormalize
 from ..pcap import PcapStats, iter_udp
-from ..proc import handlers_installed
+from ..proc import beat, busy, handlers_installed
 from .counter_file import CounterFileWriter
 from .sockets import AddressCache, kernel_drops, open_udp
 from .stats import ShardStats
@@ -36,6 +36,11 @@ MAX_PACKETS = 512               # packets per receive batch
 BUF_BYTES = 8 << 20             # receive buffer: room for MAX_PACKETS jumbo datagrams
 RING_CHUNK = 8192               # records per ring write
 POLL_MS = 100
+# A receive that found fewer than GATHER_BELOW datagrams waits GATHER_S before the next one, so that at low
+# rates a batch holds many datagrams (the decoder's cost is mostly per batch, not per flow); at high rates
+# batches fill by themselves and nobody waits.  Latency is irrelevant to a collector that purges every minute.
+GATHER_S = 0.05
+GATHER_BELOW = MAX_PACKETS // 2
 STATS_EVERY_S = 1.0
 
 
@@ -100,7 +105,7 @@ def pcap_batches(path: str, stats: PcapStats, port: Optional[int],
 class Shard:
     def __init__(self, shard_id: int, core: CoreConfig, ring_names: list[str],
                  bus_endpoints: Optional[BusEndpoints], stats_path: Optional[str],
-                 listener: Optional[Listener] = None) -> None:
+                 listener: Optional[Listener] = None, wanted: Optional[frozenset] = None) -> None:
         self.shard_id = shard_id
         self.core = core
         self.listener = listener or Listener()
@@ -111,6 +116,7 @@ class Shard:
         self.stage = ShardStage(core, self.listener, log)
         self.rings = [Ring.attach(n) for n in ring_names]
         self.state = DecoderState(time_secs=core.time_secs)
+        self.state.wanted = wanted          # config.fields_needed: fields no consumer reads stay zero
         self.stats = ShardStats(shard_id, stats_path)
         self.bus = BusClient(bus_endpoints, f"shard-{shard_id}".encode()) if bus_endpoints else None
         self.stopping = False
@@ -120,8 +126,10 @@ class Shard:
     def bus_snapshot(self) -> None:
         if self.bus is None:
             return
+        busy(10.0)                  # the snapshot waits up to 2 s for the bus
         items = self.bus.snapshot()
-        self.deliver(self.state.apply([BusMessage(k, p) for k, p in items]))
+        busy(0.0)
+        self.deliver(self.state.apply([BusMessage(k, p) for k, p in items]), from_bus=True)
         log.info("shard %d: %d templates/sampling entries from the bus snapshot", self.shard_id, len(items))
 
     def bus_receive(self) -> None:
@@ -129,7 +137,7 @@ class Shard:
             return
         items = self.bus.receive()
         if items:
-            self.deliver(self.state.apply([BusMessage(k, p) for k, p in items]))
+            self.deliver(self.state.apply([BusMessage(k, p) for k, p in items]), from_bus=True)
 
     # -- data path ------------------------------------------------------------
     def handle(self, batch: PacketBatch) -> None:
@@ -144,7 +152,9 @@ class Shard:
 
     def reload_maps(self) -> None:
         """SIGUSR2 (forwarded by the supervisor): reload the maps; a bad map keeps the old one."""
+        busy(60.0)
         self.stage.reload()
+        busy(0.0)
         if not (self.core.maps_refresh and self.core.sampling_map):
             return
         try:
@@ -153,9 +163,12 @@ class Shard:
         except MapError as exc:
             log.error("shard %d: sampling_map not reloaded, keeping the old one: %s", self.shard_id, exc)
 
-    def deliver(self, records: np.ndarray) -> None:
+    def deliver(self, records: np.ndarray, from_bus: bool = False) -> None:
         if len(records) == 0:
             return
+        self.stats.records_decoded += len(records)
+        if from_bus:                # pending data released by a template from the bus: not in exporter flows
+            self.stats.records_from_bus += len(records)
         # before the rings: every plugin sees the same rates and renormalised counters, as pmacct
         apply_sampling_map(records, self.sampling_rules)
         if self.listener.renormalize:
@@ -163,6 +176,7 @@ class Shard:
         records = self.stage.apply(records)
         if len(records) == 0:
             return
+        self.stats.records_offered += len(records)
         for start in range(0, len(records), RING_CHUNK):
             chunk = records[start:start + RING_CHUNK]
             for ring in self.rings:
@@ -177,12 +191,14 @@ class Shard:
         while ring.capacity - ring.pending() < len(chunk):
             if time.monotonic() > deadline:
                 break               # still no room: the write below drops and counts it
+            beat()
             time.sleep(0.002)
         ring.write(chunk)
 
     def housekeeping(self, now: float, sock: Optional[socket.socket]) -> None:
         self.stats.add_expired(self.state.expire_pending(int(now * 1e6)))
         self.stats.kernel_drops = kernel_drops(sock) if sock is not None else 0
+        self.stats.pending_sets_now, self.stats.pending_bytes_now = len(self.state.pending), self.state.pending_bytes
         self.stats.rings = {r.name: r.counters() for r in self.rings}
         self.stats.enrich = dict(self.stage.counters)
         self.stats.save()
@@ -200,8 +216,9 @@ class Shard:
             self.counter_file.close()
 
 
-def run_udp(shard: Shard, listener: Listener) -> None:
-    sock = open_udp(listener)
+def run_udp(shard: Shard, listener: Listener, sock: Optional[socket.socket] = None) -> None:
+    """Receive on `sock` (the supervisor's, shared with it) or on a socket of our own."""
+    sock = sock if sock is not None else open_udp(listener)
     log.info("shard %d listening on [%s]:%d", shard.shard_id, listener.ip, listener.port)
     batcher = UdpBatcher(sock)
     poller = zmq.Poller()
@@ -210,14 +227,22 @@ def run_udp(shard: Shard, listener: Listener) -> None:
         poller.register(shard.bus.socket, zmq.POLLIN)
     next_stats = time.monotonic() + STATS_EVERY_S
     try:
+        gather = True
         while not shard.stopping:
-            poller.poll(POLL_MS)
+            ready = dict(poller.poll(POLL_MS))
+            beat()
+            if gather and sock.fileno() in ready:        # zmq reports plain sockets by fd
+                time.sleep(GATHER_S)
             shard.bus_receive()
+            first = True
             while True:
                 batch = batcher.receive()
                 if batch is None:
                     break
+                if first:           # judged on what one wait gathered, not on the remainder of a drain
+                    gather, first = len(batch) < GATHER_BELOW, False
                 shard.handle(batch)
+                beat()
                 if shard.bus is not None:
                     shard.bus_receive()
             now = time.monotonic()
@@ -242,15 +267,17 @@ def run_pcap(shard: Shard, path: str, port: Optional[int]) -> None:
         if shard.stopping:
             break
         shard.handle(batch)
+        beat()
     log.info("shard %d: pcap %s read: %d frames, %d UDP datagrams, skipped %s",
              shard.shard_id, path, pstats.frames, pstats.udp, pstats.skipped or "none")
     shard.housekeeping(time.time(), None)
 
 
 def shard_main(shard_id: int, core: CoreConfig, listener: Optional[Listener], ring_names: list[str],
-               bus_endpoints: Optional[BusEndpoints], stats_path: Optional[str]) -> None:
+               bus_endpoints: Optional[BusEndpoints], stats_path: Optional[str],
+               wanted: Optional[frozenset] = None, sock: Optional[socket.socket] = None) -> None:
     """Process entry point (see engine.supervisor)."""
-    shard = Shard(shard_id, core, ring_names, bus_endpoints, stats_path, listener)
+    shard = Shard(shard_id, core, ring_names, bus_endpoints, stats_path, listener, wanted)
 
     def on_term(_signum, _frame):
         shard.stopping = True
@@ -267,6 +294,6 @@ def shard_main(shard_id: int, core: CoreConfig, listener: Optional[Listener], ri
             run_pcap(shard, core.pcap_savefile, port)
         else:
             assert listener is not None
-            run_udp(shard, listener)
+            run_udp(shard, listener, sock)
     finally:
         shard.close()

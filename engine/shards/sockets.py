@@ -9,6 +9,9 @@ from ..config.tree import Listener
 from ..schema import IPV4_MAPPED_PREFIX
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+# Without nfacctd_pipe_size a shard asks for this much: the kernel default (~200 KB, ~90 datagrams) cannot
+# hold what arrives while a shard gathers a batch (receiver.GATHER_S) or decodes one at 100k+ datagrams/s.
+DEFAULT_RCVBUF = 32 << 20
 
 
 def open_udp(listener: Listener) -> socket.socket:
@@ -24,8 +27,7 @@ def open_udp(listener: Listener) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if listener.ipv6_only else 0)
-        if listener.rcvbuf:
-            set_rcvbuf(sock, listener.rcvbuf)
+        set_rcvbuf(sock, listener.rcvbuf or DEFAULT_RCVBUF)
         sock.bind((listener.ip, listener.port))
         sock.setblocking(False)
     except BaseException:

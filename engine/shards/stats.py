@@ -1,4 +1,10 @@
-"""Per-shard counters: per exporter (from the decoders) and per shard; saved as JSON for `stats` and tests."""
+"""Per-shard counters: per exporter (from the decoders) and per shard; saved as JSON for `stats` and tests.
+
+The file (<runtime_dir>/stats/shard-N.json) is read by engine/ops/stats_model.py.  Counters are
+cumulative over the shard's restarts: a restarted shard finds its predecessor's file (the runtime
+dir is new at every engine start) and adds its counters to its own; `starts` counts incarnations.
+Gauges (pending_sets_now, pending_bytes_now) are not carried over.
+"""
 from __future__ import annotations
 
 import ipaddress
@@ -18,6 +24,21 @@ def exporter_text(addr16: bytes) -> str:
     return str(ipaddress.IPv6Address(addr16))
 
 
+CARRIED = ("packets", "batches", "kernel_drops", "records_decoded", "records_from_bus", "records_offered")
+
+
+def load_previous(path: Optional[str]) -> dict:
+    """The counters a previous incarnation of this shard saved at path ({} when none or unreadable)."""
+    if not path:
+        return {}
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
 class ShardStats:
     def __init__(self, shard_id: int, path: Optional[str]) -> None:
         self.shard_id = shard_id
@@ -28,6 +49,12 @@ class ShardStats:
         self.kernel_drops = 0
         self.rings: dict[str, dict] = {}
         self.enrich: dict[str, int] = {}   # allow file / pre_tag_map counters (engine/enrich ShardStage)
+        self.records_decoded = 0           # records out of the decoders (and released by bus templates)
+        self.records_from_bus = 0          # of those, released by templates from the bus (not in exporter flows)
+        self.records_offered = 0           # records offered to each of this shard's rings (after enrichment)
+        self.pending_sets_now = 0          # data sets waiting for their template now (gauge)
+        self.pending_bytes_now = 0
+        self.base = load_previous(path)    # the counters of this shard's previous incarnations
 
     def add_decode(self, counters: dict, packets: int) -> None:
         self.packets += packets
@@ -46,16 +73,26 @@ class ShardStats:
                 mine.add(c)
 
     def as_dict(self) -> dict:
+        base = self.base
+        exporters = {name: dict(c) for name, c in base.get("exporters", {}).items()}
+        for a, c in self.exporters.items():
+            mine = exporters.setdefault(exporter_text(a), {})
+            for k, v in asdict(c).items():
+                mine[k] = mine.get(k, 0) + v
+        enrich = dict(base.get("enrich", {}))
+        for k, v in self.enrich.items():
+            enrich[k] = enrich.get(k, 0) + v
         return {
             "shard": self.shard_id,
             "pid": os.getpid(),
             "time": time.time(),
-            "packets": self.packets,
-            "batches": self.batches,
-            "kernel_drops": self.kernel_drops,
-            "rings": self.rings,
-            "enrich": self.enrich,
-            "exporters": {exporter_text(a): asdict(c) for a, c in self.exporters.items()},
+            "starts": base.get("starts", 0) + 1,
+            **{k: base.get(k, 0) + getattr(self, k) for k in CARRIED},
+            "pending_sets_now": self.pending_sets_now,
+            "pending_bytes_now": self.pending_bytes_now,
+            "rings": self.rings,            # shared-memory counters: they outlive a shard's restart by themselves
+            "enrich": enrich,
+            "exporters": exporters,
         }
 
     def save(self) -> None:

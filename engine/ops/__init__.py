@@ -1,0 +1,1 @@
+"""Operations: merged loss accounting (stats_model), SIGUSR1 summary, `pmengine stats`, Prometheus."""

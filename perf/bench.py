@@ -1,0 +1,447 @@
+"""Live benchmark: nfacctd/sfacctd 1.7.7 and pmengine, one after the other, same pcap, same rate; one table.
+
+    python3 perf/bench.py [--flows 300000] [--rate 100000] [--scenarios v9-five,v9-matrix,...] [--runs 1]
+    python3 perf/bench.py --quick          # tiny, for CI smoke
+    python3 perf/bench.py --sweep          # highest zero-loss rate per collector (bisection on rate)
+
+Per scenario and collector: start the daemon (print plugin, the scenario's aggregate, refresh 3600 s so the
+purge at stop is the only one), wait until it listens, replay the pcap with perf/replay.py at the rate, wait for
+the kernel queue to drain, stop it (nfacctd: SIGINT, pmengine: SIGTERM; SIGKILL by PID after a timeout), and read:
+  CPU      utime+stime of the daemon and every descendant: /proc/PID/stat sampled every 100 ms plus the
+           daemon's wait4() rusage (its reaped children roll up); start-up CPU (until listening) is subtracted
+           and shown apart.  µs/flow = run CPU / flows sent.
+  kept     Σ BYTES of the print output / the generator's expected bytes (perf/traffic.py JSON).
+  RSS      peak of Σ VmRSS over the process tree; and per million aggregated entries (output rows).
+  drops    kernel drops of the collector's UDP sockets (/proc/net/udp{,6} "drops", read before the stop).
+The shards 1 → 2 model: pmengine's processes are split into receivers (those holding a socket on the port:
+shards; nfacctd's core) and the rest (plugins, supervisor); with one core per process, throughput at
+saturation is min(shards / receiver CPU per flow, 1 / rest CPU per flow); scaling = that ratio 2 vs 1 shards.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "perf"))
+
+from replay import load_payloads, send  # noqa: E402
+from traffic import AGGREGATES, TrafficSpec, generate  # noqa: E402
+
+CLK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    protocol: str
+    aggregate: str          # key of AGGREGATES
+    ipv6_share: float = 0.0
+
+
+SCENARIOS = {s.name: s for s in (
+    Scenario("v9-five", "v9", "five"), Scenario("v9-matrix", "v9", "matrix"),
+    Scenario("ipfix-five", "ipfix", "five"), Scenario("ipfix-matrix", "ipfix", "matrix"),
+    Scenario("v5-five", "v5", "five"), Scenario("sflow-five", "sflow", "five"))}
+
+
+@dataclass
+class Result:
+    collector: str          # nfacctd / sfacctd / pmengine-1 / pmengine-2
+    flows: int
+    startup_cpu: float = 0.0
+    run_cpu: float = 0.0
+    receiver_cpu: float = 0.0
+    send_rate: float = 0.0
+    wall: float = 0.0
+    bytes_kept: float = 0.0
+    rows: int = 0
+    peak_rss: int = 0
+    kernel_drops: int = 0
+    ring_drops: int = 0
+    exporters_exact: int = 0    # exporters whose Σ bytes equals the generator's (catches misattributed flows)
+    notes: list = field(default_factory=list)
+
+    @property
+    def us_per_flow(self) -> float:
+        return self.run_cpu / self.flows * 1e6 if self.flows else 0.0
+
+    @property
+    def rss_per_m_entries(self) -> float:
+        return self.peak_rss / (self.rows / 1e6) if self.rows else 0.0
+
+
+# -- /proc ----------------------------------------------------------------------------------------------
+
+def tree(pid: int) -> list[int]:
+    """pid and all its descendants (via /proc/PID/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK
+    except (OSError, IndexError):
+        return None
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, IndexError):
+        return 0
+
+
+def udp_sockets(port: int) -> tuple[set[str], int]:
+    """(socket inodes, Σ drops) of the UDP sockets bound to local `port`."""
+    inodes, drops = set(), 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+                drops += int(cols[-1])
+    return inodes, drops
+
+
+def holds_socket(pid: int, inodes: set[str]) -> bool:
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                return True
+    except OSError:
+        pass
+    return False
+
+
+class TreeSampler(threading.Thread):
+    """Every 100 ms: last CPU seen per pid, peak Σ RSS, and which pids hold the collector's socket."""
+
+    def __init__(self, root: int, port: int) -> None:
+        super().__init__(daemon=True)
+        self.root, self.port = root, port
+        self.cpu: dict[int, float] = {}
+        self.receivers: set[int] = set()
+        self.peak_rss = 0
+        self.stop_flag = threading.Event()
+        self.sample()
+
+    def sample(self) -> None:
+        pids = tree(self.root)
+        rss = 0
+        for p in pids:
+            c = cpu_seconds(p)
+            if c is not None:
+                self.cpu[p] = c
+            rss += rss_bytes(p)
+        self.peak_rss = max(self.peak_rss, rss)
+        inodes, _ = udp_sockets(self.port)
+        self.receivers |= {p for p in pids if p not in self.receivers and holds_socket(p, inodes)}
+
+    def total(self) -> float:
+        return sum(self.cpu.values())
+
+    def receiver_total(self) -> float:
+        return sum(c for p, c in self.cpu.items() if p in self.receivers)
+
+    def run(self) -> None:
+        while not self.stop_flag.wait(0.1):
+            self.sample()
+
+
+# -- collectors ---------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def print_conf(scenario: Scenario, daemon: str, port: int, out: Path, renormalize: bool) -> str:
+    prefix = "sfacctd" if scenario.protocol == "sflow" else "nfacctd"
+    conf = (f"{prefix}_port: {port}\n{prefix}_ip: 127.0.0.1\n{prefix}_pipe_size: 8388608\n"
+            f"plugins: print[p]\naggregate: {AGGREGATES[scenario.aggregate]}\nprint_output: csv\n"
+            f"print_output_file: {out}\nprint_output_file_append: true\nprint_refresh_time: 3600\n")
+    if renormalize:
+        conf += f"{prefix}_renormalize: true\n"
+    if daemon != "pmengine":
+        conf = "daemonize: false\nplugin_pipe_size: 204800000\nplugin_buffer_size: 204800\n" + conf
+    return conf
+
+
+def csv_totals(path: Path) -> tuple[int, int, dict[str, int]]:
+    """(rows, Σ BYTES, Σ BYTES per PEER_SRC_IP) of a print plugin CSV file (appended purges' headers skipped)."""
+    rows = total = 0
+    col = peer = None
+    per_peer: dict[str, int] = {}
+    if not path.exists():
+        return 0, 0, per_peer
+    for line in open(path):
+        cells = line.rstrip("\n").split(",")
+        if "BYTES" in cells:
+            col, peer = cells.index("BYTES"), cells.index("PEER_SRC_IP") if "PEER_SRC_IP" in cells else None
+            continue
+        if col is not None and len(cells) > col and cells[col].isdigit():
+            rows += 1
+            total += int(cells[col])
+            if peer is not None:
+                per_peer[cells[peer]] = per_peer.get(cells[peer], 0) + int(cells[col])
+    return rows, total, per_peer
+
+
+def wait_listening(proc: subprocess.Popen, port: int, sockets: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(udp_sockets(port)[0]) >= sockets:
+            time.sleep(0.3)         # let plugins finish starting too
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"collector exited early ({proc.returncode})")
+        time.sleep(0.05)
+    raise RuntimeError("collector did not start listening")
+
+
+def ring_drops(log_text: str) -> int:
+    """pmengine: Σ ring drop counts from the stats files named in its log are not reachable after exit;
+    the final shard summaries in the log carry them ('ring_drops=N' / 'dropped N')."""
+    import re
+    return sum(int(m) for m in re.findall(r"ring[_ ]drop\w*[=: ]+(\d+)", log_text))
+
+
+def run_collector(scenario: Scenario, collector: str, pcap_payloads: list, expected: dict, rate_fps: float,
+                  work: Path, renormalize: bool) -> Result:
+    """One run: start, listen, replay at rate_fps flows/s, drain, stop, measure."""
+    port = free_port()
+    out = work / f"{collector}.csv"
+    out.unlink(missing_ok=True)
+    daemon = collector.split("-")[0]
+    conf = work / f"{collector}.conf"
+    conf.write_text(print_conf(scenario, daemon, port, out, renormalize))
+    shards = int(collector.split("-")[1]) if daemon == "pmengine" else 1
+    if daemon == "pmengine":
+        cmd = [sys.executable, "-m", "engine.cli", "start", "--shards", str(shards), "-f", str(conf)]
+    else:
+        cmd = [shutil.which(daemon) or f"/usr/sbin/{daemon}", "-f", str(conf)]
+    log = open(work / f"{collector}.log", "w")
+    res = Result(collector, expected["flows"])
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    sampler = None
+    try:
+        wait_listening(proc, port, shards)
+        sampler = TreeSampler(proc.pid, port)
+        res.startup_cpu, receivers_startup = sampler.total(), sampler.receiver_total()
+        sampler.start()
+        fpp = expected["flows"] / max(1, expected["datagrams"])
+        t0 = time.monotonic()
+        report = send(pcap_payloads, ("127.0.0.1", port), rate_fps / fpp if rate_fps > 0 else 0)
+        res.send_rate = report.packets * fpp / report.seconds if report.seconds else 0.0
+        time.sleep(1.0)                         # the kernel queue and rings drain
+        res.kernel_drops = udp_sockets(port)[1]
+        sampler.sample()
+        proc.send_signal(signal.SIGTERM if daemon == "pmengine" else signal.SIGINT)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0) if wait_with_timeout(proc, 60) else (0, 0, None)
+        except ChildProcessError:
+            usage = None
+        res.wall = time.monotonic() - t0
+        sampler.stop_flag.set()
+        waited = (usage.ru_utime + usage.ru_stime) if usage else 0.0
+        res.run_cpu = max(sampler.total(), waited) - res.startup_cpu
+        res.receiver_cpu = sampler.receiver_total() - receivers_startup
+        res.peak_rss = sampler.peak_rss
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+    time.sleep(0.5)                             # pmacct's forked print writers may still be flushing
+    res.rows, got, per_peer = csv_totals(out)
+    which = "bytes_renormalized" if renormalize else "bytes"
+    want = expected[which]
+    res.bytes_kept = got / want if want else 0.0
+    res.exporters_exact = sum(per_peer.get(ip, 0) == e[which] for ip, e in expected["per_exporter"].items())
+    res.ring_drops = ring_drops((work / f"{collector}.log").read_text(errors="replace"))
+    return res
+
+
+def wait_with_timeout(proc: subprocess.Popen, timeout: float) -> bool:
+    """Poll without reaping until the process is a zombie (then wait4 reaps it with its rusage); SIGKILL after."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:
+            return False
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    return True
+
+
+# -- the table ----------------------------------------------------------------------------------------------
+
+def reference_of(scenario: Scenario) -> str:
+    return "sfacctd" if scenario.protocol == "sflow" else "nfacctd"
+
+
+def median_result(results: list[Result]) -> Result:
+    results = sorted(results, key=lambda r: r.run_cpu)
+    return results[len(results) // 2]
+
+
+def format_table(rows: list[tuple[Scenario, Result, Result | None]]) -> str:
+    head = (f"{'scenario':13} {'collector':11} {'flows':>8} {'rate f/s':>9} {'start s':>7} {'µs/flow':>8} "
+            f"{'ratio':>6} {'kept %':>7} {'exp ok':>6} {'rows':>7} {'peak RSS MB':>11} {'MB/M rows':>9} {'kdrops':>6} "
+            f"{'rdrops':>6}")
+    lines = [head, "-" * len(head)]
+    for sc, r, ref in rows:
+        ratio = f"{r.us_per_flow / ref.us_per_flow:6.2f}" if ref is not None and ref.us_per_flow else f"{'':6}"
+        lines.append(f"{sc.name:13} {r.collector:11} {r.flows:8d} {r.send_rate:9,.0f} {r.startup_cpu:7.2f} "
+                     f"{r.us_per_flow:8.2f} {ratio} {100 * r.bytes_kept:7.2f} {r.exporters_exact:6d} {r.rows:7d} "
+                     f"{r.peak_rss / 2**20:11.1f} {r.rss_per_m_entries / 2**20:9.0f} {r.kernel_drops:6d} "
+                     f"{r.ring_drops:6d}")
+    return "\n".join(lines)
+
+
+def scaling_model(one: Result, two: Result) -> str:
+    """min(shards / receiver CPU per flow, 1 / other CPU per flow): flows/s with one core per process."""
+    def capacity(r: Result, shards: int) -> float:
+        rec, rest = r.receiver_cpu / r.flows, max(r.run_cpu - r.receiver_cpu, 1e-9) / r.flows
+        return min(shards / rec if rec > 0 else float("inf"), 1 / rest)
+    c1, c2 = capacity(one, 1), capacity(two, 2)
+    return (f"CPU-time model: shards 1 → {c1:,.0f} flows/s, shards 2 → {c2:,.0f} flows/s "
+            f"(receiver µs/flow {one.receiver_cpu / one.flows * 1e6:.2f} / {two.receiver_cpu / two.flows * 1e6:.2f}, "
+            f"rest {(one.run_cpu - one.receiver_cpu) / one.flows * 1e6:.2f} / "
+            f"{(two.run_cpu - two.receiver_cpu) / two.flows * 1e6:.2f}): scaling {c2 / c1:.2f}x")
+
+
+def prepare(scenario: Scenario, flows: int, work: Path, sampling_rate: int) -> tuple[list, dict]:
+    spec = TrafficSpec(scenario.protocol, flows, exporters=4, cardinality=max(1000, min(flows, 1 << 24)),
+                       ipv6_share=scenario.ipv6_share, sampling_rate=sampling_rate)
+    pcap = work / f"{scenario.name}.pcap"
+    expected = generate(spec, pcap, work / f"{scenario.name}.json")
+    return load_payloads(pcap), expected
+
+
+def collectors_of(scenario: Scenario, shards: list[int]) -> list[str]:
+    return [reference_of(scenario)] + [f"pmengine-{n}" for n in shards]
+
+
+def bench(scenarios: list[Scenario], flows: int, rate: float, runs: int, shards: list[int], work: Path,
+          sampling_rate: int = 1) -> list[tuple[Scenario, Result, Result | None]]:
+    table = []
+    for sc in scenarios:
+        payloads, expected = prepare(sc, flows, work, sampling_rate)
+        ref = None
+        for collector in collectors_of(sc, shards):
+            r = median_result([run_collector(sc, collector, payloads, expected, rate, work, sampling_rate > 1)
+                               for _ in range(runs)])
+            ref = r if ref is None else ref
+            table.append((sc, r, None if r is ref else ref))
+            print(format_table([table[-1]]).splitlines()[-1], file=sys.stderr, flush=True)
+    return table
+
+
+def sweep(scenarios: list[Scenario], flows: int, shards: list[int], work: Path, low: float, high: float,
+          steps: int) -> list[str]:
+    """Per scenario and collector: bisection on rate for the highest rate with all bytes kept."""
+    lines = [f"{'scenario':13} {'collector':11} {'zero-loss flows/s':>18} {'first loss at':>14}"]
+    for sc in scenarios:
+        payloads, expected = prepare(sc, flows, work, 1)
+        for collector in collectors_of(sc, shards):
+            ok, bad = 0.0, None
+            lo, hi = low, high
+            r = run_collector(sc, collector, payloads, expected, hi, work, False)
+            if r.bytes_kept >= 1.0:
+                ok = r.send_rate
+            else:
+                bad = hi
+                for _ in range(steps):
+                    mid = (lo + hi) / 2
+                    r = run_collector(sc, collector, payloads, expected, mid, work, False)
+                    if r.bytes_kept >= 1.0:
+                        ok, lo = max(ok, r.send_rate), mid
+                    else:
+                        bad, hi = mid, mid
+            lines.append(f"{sc.name:13} {collector:11} {ok:18,.0f} "
+                         f"{(f'{bad:,.0f}' if bad else f'> {high:,.0f}'):>14}")
+            print(lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flows", type=int, default=300_000)
+    ap.add_argument("--rate", type=float, default=100_000, help="flows/s (0: as fast as the sender goes)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--shards", default="1,2")
+    ap.add_argument("--runs", type=int, default=1, help="runs per collector; the median CPU one is shown")
+    ap.add_argument("--sampling-rate", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="tiny: 6000 flows of v9-five at 20k flows/s")
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sweep-range", default="20000,400000")
+    ap.add_argument("--sweep-steps", type=int, default=4)
+    ap.add_argument("--json", help="write the results here too")
+    ap.add_argument("--keep", help="keep pcaps, configs, logs and outputs in this folder")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.flows, a.rate, a.scenarios = 6000, 20_000, "v9-five"
+    scenarios = [SCENARIOS[s] for s in a.scenarios.split(",")]
+    shards = [int(s) for s in a.shards.split(",")]
+    with tempfile.TemporaryDirectory(prefix="pmbench-") as tmp:
+        work = Path(a.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if a.sweep:
+            lo, hi = (float(x) for x in a.sweep_range.split(","))
+            print("\n".join(sweep(scenarios, a.flows, shards, work, lo, hi, a.sweep_steps)))
+            return 0
+        table = bench(scenarios, a.flows, a.rate, a.runs, shards, work, a.sampling_rate)
+    print(f"{a.flows} flows per scenario at {a.rate:,.0f} flows/s, {os.cpu_count()} CPUs, "
+          f"runs={a.runs}; ratio = pmengine µs/flow / reference µs/flow")
+    print(format_table(table))
+    for sc in scenarios:
+        by = {r.collector: r for s, r, _ in table if s is sc}
+        if "pmengine-1" in by and "pmengine-2" in by:
+            print(f"{sc.name}: {scaling_model(by['pmengine-1'], by['pmengine-2'])}")
+    if a.json:
+        Path(a.json).write_text(json.dumps([dict(scenario=s.name, **{k: v for k, v in vars(r).items()})
+                                            for s, r, _ in table], indent=1))
+    return 0 if all(r.bytes_kept == 1.0 for _, r, _ in table) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
