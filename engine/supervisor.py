@@ -49,7 +49,12 @@ SHM_PREFIX = "pme"
 RESTART_BACKOFF_MAX = 30.0
 SHARD_STOP_TIMEOUT = 15.0
 PLUGIN_STOP_TIMEOUT = 120.0
-HANG_TIMEOUT_S = {"shard": 0.6, "plugin": 3.0}
+HANG_TIMEOUT_S = {"shard": 0.5, "plugin": 3.0}
+# Past its timeout a silent child is killed at once when it is blocked or stopped (state S/D/T: a deadlock) or
+# when it burnt SPIN_CPU_S of CPU since we noticed (a loop); a runnable child that got no CPU (a starved one, on
+# a loaded or stolen machine) is not hung: it is given up to STARVED_LIMIT_S.
+SPIN_CPU_S = 0.2
+STARVED_LIMIT_S = 5.0
 PCAP_SHARD_HANG_TIMEOUT_S = 30.0    # a pcap shard cannot be restarted: killing it stops the engine, so be patient
 START_GRACE_S = 15.0                # a starting child has this long before its beats are watched
 CRASH_LOOP_WINDOW_S = 60.0
@@ -67,6 +72,16 @@ def forkserver_context() -> mp.context.BaseContext:
         return mp.get_context("spawn")
     ctx.set_forkserver_preload(PRELOAD)
     return ctx
+
+
+def _state_and_cpu(pid: int) -> tuple[str, float]:
+    """A process's state letter and CPU seconds (user + system) from /proc/PID/stat; ("", 0.0) if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return "", 0.0
+    return fields[0], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stop_forkserver() -> None:
@@ -99,6 +114,7 @@ class Child:
     slot: int = -1                  # heartbeat slot
     recent: deque = field(default_factory=deque)    # monotonic times of recent restarts
     died_at: float = 0.0
+    silent_cpu: Optional[float] = None     # its CPU seconds when we first saw it silent past its timeout
 
 
 @dataclass
@@ -269,7 +285,15 @@ class Supervisor:
             limit = HANG_TIMEOUT_S[child.role] if child.restartable else PCAP_SHARD_HANG_TIMEOUT_S
             late = self.beats.silent_for(child.slot, now_ns) - limit
             if late <= 0 or not proc.is_alive():
+                child.silent_cpu = None
                 continue
+            state, cpu = _state_and_cpu(proc.pid)
+            if state == "R" and late + limit < STARVED_LIMIT_S:
+                if child.silent_cpu is None:
+                    child.silent_cpu = cpu
+                if cpu - child.silent_cpu < SPIN_CPU_S:
+                    continue            # runnable but not running: starved, not hung
+            child.silent_cpu = None
             log.error("%s (pid %d) hung: no heartbeat for %.2f s: killing it", child.name, proc.pid, late + limit)
             try:
                 os.kill(proc.pid, signal.SIGKILL)

@@ -24,7 +24,9 @@ def exporter_text(addr16: bytes) -> str:
     return str(ipaddress.IPv6Address(addr16))
 
 
-CARRIED = ("packets", "batches", "kernel_drops", "records_decoded", "records_from_bus", "records_offered")
+CARRIED = ("packets", "batches", "records_decoded", "records_from_bus", "records_offered")
+# kernel_drops is not carried: it is the kernel's own counter of the socket, which the supervisor holds across
+# a shard's restarts (like the rings' counters in shared memory), so every incarnation reads the whole count.
 
 
 def load_previous(path: Optional[str]) -> dict:
@@ -88,6 +90,7 @@ class ShardStats:
             "time": time.time(),
             "starts": base.get("starts", 0) + 1,
             **{k: base.get(k, 0) + getattr(self, k) for k in CARRIED},
+            "kernel_drops": self.kernel_drops,
             "pending_sets_now": self.pending_sets_now,
             "pending_bytes_now": self.pending_bytes_now,
             "rings": self.rings,            # shared-memory counters: they outlive a shard's restart by themselves
