@@ -147,7 +147,7 @@ class Supervisor:
         stale_dirs = cleanup_stale_runtime_dirs()
         if stale_dirs:
             log.warning("removed %d runtime folders left by a dead pmengine", len(stale_dirs))
-        self.runtime_dir = tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{self.run_id}-")
+        self.runtime_dir = tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{self.run_id}-", dir=runtime_base())
         os.chmod(self.runtime_dir, 0o700)
         write_owner_file(self.runtime_dir)
         log.info("runtime folder %s (run %s)", self.runtime_dir, self.run_id)
@@ -494,10 +494,19 @@ def _owner(folder: str) -> Optional[tuple[int, int]]:
         return None
 
 
+def runtime_base() -> str:
+    """Where runtime folders go: $PMENGINE_RUNTIME_BASE, else /dev/shm (memory: the stats files that shards and
+    plugins rewrite every second must never wait for a busy disk, or their heartbeats stall), else $TMPDIR."""
+    for folder in (os.environ.get("PMENGINE_RUNTIME_BASE"), "/dev/shm"):
+        if folder and os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    return tempfile.gettempdir()
+
+
 def runtime_dirs() -> list[str]:
-    """This user's pmengine runtime folders in the temporary directory."""
+    """This user's pmengine runtime folders."""
     out = []
-    for folder in glob.glob(os.path.join(tempfile.gettempdir(), f"{RUNTIME_PREFIX}*")):
+    for folder in glob.glob(os.path.join(runtime_base(), f"{RUNTIME_PREFIX}*")):
         try:
             st = os.lstat(folder)
         except OSError:

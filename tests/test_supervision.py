@@ -226,3 +226,39 @@ def test_sigterm_under_load_writes_everything_received(collector_factory, tmp_pa
     assert 1 < received < len(per_packet), "SIGTERM arrived mid-stream"
     expected = sum(per_packet[:received], Counter())
     assert read_rows(out) == expected
+
+
+def test_plugin_killed_with_unpurged_records_counts_them_lost(collector_factory, tmp_path):
+    """Records a plugin had read but not purged die with it: its successor counts them
+    (records_lost_in_restart, in `pmengine stats` and Prometheus), so sent = written + counted lost."""
+    from engine.ops.stats_model import load_model
+    port, out = free_udp_port(), tmp_path / "flows.json"
+    collector = collector_factory(conf(port, out), shards=1)
+    collector.wait_listening(1)
+    folder = runtime_dir(collector.proc.pid)
+    dest, rng, expected = ("127.0.0.1", port), random.Random(7), Counter()
+    source = V9Source("127.0.0.31", 1, 1, rng)
+    try:
+        source.send_template(dest)
+        for burst in (1, 2):
+            for _ in range(50):
+                source.socks[0].sendto(source.packet(expected, 20, packets_each=1), dest)
+                time.sleep(0.001)
+            wait_for(lambda: stats(folder, "plugin-out").get("records", 0) == 1000 * burst, 20,
+                     "the plugin read every record")
+            if burst == 1:
+                victim = children(folder)["plugin-print-out"]["pid"]
+                killed_at = time.monotonic()
+                os.kill(victim, signal.SIGKILL)
+                wait_restarted(folder, "plugin-print-out", victim, killed_at)
+                wait_for(lambda: stats(folder, "plugin-out").get("records_lost_in_restart") == 1000, 20,
+                         "the successor counting its predecessor's unpurged records")
+        model = load_model(str(folder))
+        assert model["totals"]["records_lost_in_restart"] == 1000
+        assert model["balance"]["ok"], model["balance"]["problems"]
+    finally:
+        source.close()
+    assert collector.stop() == 0
+    assert "1000 records its predecessor had read but not purged are lost" in collector.log_path.read_text()
+    written = sum(v for k, v in read_rows(out).items() if k[-1] == "packets")     # one packet per record
+    assert written == 1000 and written + 1000 == sum(v for k, v in expected.items() if k[-1] == "packets")

@@ -1,16 +1,15 @@
 """From a running engine's pid (or pidfile) to its runtime dir, for `pmengine stats`.
 
-The supervisor's runtime dir is a private (0700) `$TMPDIR/pmengine-<run>-XXXX/`; in it the supervisor
-writes `supervisor.pid` ("<pid> <start time>", engine/supervisor.py write_owner_file).  When the configuration has a `pidfile`, the supervisor also writes
+The supervisor's runtime dir is a private (0700) `<runtime base>/pmengine-<run>-XXXX/` (/dev/shm: see
+supervisor.runtime_base); in it the supervisor writes `supervisor.pid` ("<pid> <start time>", engine/supervisor.py write_owner_file).  When the configuration has a `pidfile`, the supervisor also writes
 `<pidfile>.runtime` (mode 0600, created exclusively, never through a symlink) holding the runtime dir's
 path, and removes it at exit.  `pmengine stats -F pidfile` reads both; without a `<pidfile>.runtime`
-(or without -F) it scans `$TMPDIR/pmengine-*/supervisor.pid` for live engines of the current user.
+(or without -F) it scans `<runtime base>/pmengine-*/supervisor.pid` for live engines of the current user.
 """
 from __future__ import annotations
 
 import glob
 import os
-import tempfile
 from typing import Optional
 
 PID_NAME = "supervisor.pid"
@@ -70,9 +69,10 @@ def _owns(runtime_dir: str, pid: int) -> bool:
 
 
 def running_engines() -> list[tuple[int, str]]:
-    """(supervisor pid, runtime dir) of every live engine of this user under $TMPDIR."""
+    """(supervisor pid, runtime dir) of every live engine of this user under the runtime base."""
     out = []
-    for path in sorted(glob.glob(os.path.join(tempfile.gettempdir(), "pmengine-*", PID_NAME))):
+    from ..supervisor import runtime_base
+    for path in sorted(glob.glob(os.path.join(runtime_base(), "pmengine-*", PID_NAME))):
         try:
             if os.stat(path).st_uid != os.getuid():
                 continue

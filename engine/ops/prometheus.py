@@ -48,6 +48,7 @@ PLUGIN_HELP = {
     "write_errors": ("counter", "sink write errors"), "purge_errors": ("counter", "purges that failed"),
     "sink_lost_rows": ("counter", "rows that will never reach the sink (dropped, refused, lost)"),
     "groups_pending": ("gauge", "aggregates waiting for the next purge"),
+    "records_lost_in_restart": ("counter", "records read but not purged by a plugin process that died"),
 }
 
 

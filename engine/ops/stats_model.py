@@ -30,7 +30,8 @@ EXPORTER_COUNTERS = ("packets", "bytes", "flows", "seq_gaps", "decode_errors", "
 SHARD_COUNTERS = ("packets", "batches", "kernel_drops", "records_decoded", "records_from_bus", "records_offered")
 SHARD_GAUGES = ("pending_sets_now", "pending_bytes_now", "starts")
 RING_COUNTERS = ("written_records", "dropped_records", "dropped_batches", "read_records", "resyncs")
-PLUGIN_COUNTERS = ("purges", "rows_purged", "purge_errors", "rows_written", "write_errors", "hash_collisions")
+PLUGIN_COUNTERS = ("purges", "rows_purged", "purge_errors", "rows_written", "write_errors", "hash_collisions",
+                   "records_lost_in_restart")
 # sink counters (the writer's counters(), memory plugin's table) that are levels, not running totals
 SINK_GAUGES = ("rows_buffered", "queued", "rows", "max_rows", "table_bytes", "groups_pending", "purges_waiting")
 # sink counters of rows that will never reach the sink
@@ -150,6 +151,7 @@ def build_model(files: dict[str, dict], runtime_dir: Optional[str] = None) -> di
     totals["kernel_drops"] = sum(s["kernel_drops"] for s in shards.values())
     totals["ring_dropped_records"] = sum(r.get("dropped_records", 0) for r in rings.values())
     totals["sink_lost_rows"] = sum(p["sink_lost_rows"] for p in plugins.values())
+    totals["records_lost_in_restart"] = sum(p["records_lost_in_restart"] for p in plugins.values())
     totals["write_errors"] = sum(p["write_errors"] + p["purge_errors"] for p in plugins.values())
     return {"time": time.time(), "runtime_dir": runtime_dir, "totals": totals, "exporters": exporters,
             "shards": shards, "rings": rings, "plugins": plugins,

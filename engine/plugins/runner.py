@@ -9,6 +9,7 @@ never fatal.  Counters are saved as JSON at stats_path for `pmengine stats`.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import time
@@ -21,6 +22,18 @@ from .loop import RingLoop, install_signals
 
 IDLE_SLEEP = 0.02           # seconds to sleep when every ring is empty
 PURGE_BUSY_S = 600.0        # longest purge (sink retries included) before the supervisor calls it hung
+
+
+def _load_json(path: Optional[str]) -> dict:
+    """A stats file a previous incarnation saved ({} when none or unreadable)."""
+    if not path:
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def next_refresh(now: float, refresh: int) -> float:
@@ -50,6 +63,24 @@ class PluginLoop(RingLoop):
         self.purge_errors = 0
         self.rows_purged = 0
         self.next_purge = next_refresh(time.time(), plugin.refresh_time)
+        self.account_restart()
+
+    def account_restart(self) -> None:
+        """A restarted plugin (its predecessor killed or crashed) counts what the predecessor had read from the
+        rings but not purged: it was lost with that process.  The rings' read counters live in shared memory and
+        the predecessor saved `records_flushed` (ring records read up to its last purge) right after each purge."""
+        self.read_base = sum(r.get("read_records", 0) for r in self.ring_counters().values())
+        self.records_flushed = self.read_base
+        self.records_lost_in_restart = 0
+        previous = _load_json(self.stats_path)
+        if not previous:
+            return
+        self.records_lost_in_restart = int(previous.get("records_lost_in_restart", 0))
+        lost = self.read_base - int(previous.get("records_flushed", 0))
+        if lost > 0:
+            self.records_lost_in_restart += lost
+            self.log.error("plugin %s restarted: %d records its predecessor had read but not purged are lost "
+                           "(%d in all)", self.plugin.name, lost, self.records_lost_in_restart)
 
     def consume(self, batch) -> None:
         self.aggregator.add(batch)
@@ -70,6 +101,8 @@ class PluginLoop(RingLoop):
         busy(0.0)
         self.purges += 1
         self.rows_purged += len(rows)
+        self.records_flushed = self.read_base + self.records
+        self.save_stats()               # at once: a successor must know what reached the writer
         elapsed = str(int(time.time() - started)) if len(rows) else "X"
         self.log.info("*** Purging cache - END (PID: %d, QN: %d/%d, ET: %s) ***", pid, written, len(rows), elapsed)
 
@@ -88,7 +121,9 @@ class PluginLoop(RingLoop):
 
     def counters(self) -> dict:
         return {
-            **self.base_counters(), "groups_pending": self.aggregator.rows, "purges": self.purges,
+            **self.base_counters(), "records": self.read_base + self.records,   # all incarnations: = rings read
+            "records_flushed": self.records_flushed, "records_lost_in_restart": self.records_lost_in_restart,
+            "groups_pending": self.aggregator.rows, "purges": self.purges,
             "rows_purged": self.rows_purged, "purge_errors": self.purge_errors,
             "rows_written": getattr(self.writer, "rows_written", 0),
             "write_errors": getattr(self.writer, "write_errors", 0),
