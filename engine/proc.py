@@ -126,6 +126,18 @@ def busy(seconds: float) -> None:
         _Child.beats.busy(_Child.slot, seconds)
 
 
+def took(datagrams: int) -> None:
+    """A shard took datagrams off its socket (see heartbeat TAKEN/DONE: lost with us if we die before done())."""
+    if _Child.beats is not None:
+        _Child.beats.took(_Child.slot, datagrams)
+
+
+def done(datagrams: int) -> None:
+    """The datagrams taken are decoded and their records are in the rings."""
+    if _Child.beats is not None:
+        _Child.beats.finished(_Child.slot, datagrams)
+
+
 def _die_with_parent(supervisor: int) -> None:
     """SIGTERM when our parent (the forkserver, or the supervisor under spawn) dies.
 

@@ -131,6 +131,7 @@ class Supervisor:
         self.restart_delays: list[float] = []      # seconds from death (or hang kill) to the new process
         self.runtime_dir = ""
         self.rings: list[Ring] = []
+        self.lost_in_flight: dict[str, int] = {}  # shard name -> datagrams it died with, taken but not decoded
         self.sockets: list = []          # one per live shard, held so that a restart loses no queued datagram
         self.children: list[Child] = []
         self.bus: Optional[TemplateBus] = None
@@ -237,6 +238,7 @@ class Supervisor:
             code = proc.exitcode
             proc.join(0)
             child.process = None
+            self.count_in_flight(child, proc.pid)
             if not child.restartable:
                 child.finished = True
                 if code == 0:
@@ -272,6 +274,24 @@ class Supervisor:
             self.write_children()
             if child.backoff == 0.0:
                 self.start_child(child)
+
+    def count_in_flight(self, child: Child, pid: int) -> None:
+        """What a dead shard had taken off its socket but not finished is lost: count it, say it."""
+        if self.beats is None or child.role != "shard" or child.slot < 0:
+            return
+        lost = self.beats.in_flight(child.slot)
+        if not lost:
+            return
+        self.lost_in_flight[child.name] = self.lost_in_flight.get(child.name, 0) + lost
+        log.error("%s (pid %d) died with %d datagrams taken but not decoded: lost (%d in all)", child.name, pid,
+                  lost, sum(self.lost_in_flight.values()))
+        path = self._stats_path("supervisor")
+        try:
+            with open(f"{path}.tmp", "w") as f:
+                json.dump({"lost_in_flight_datagrams": self.lost_in_flight}, f)
+            os.replace(f"{path}.tmp", path)
+        except OSError as e:
+            log.warning("cannot save %s: %s", path, e)
 
     def kill_hung(self, now: float) -> None:
         """SIGKILL (by pid) every child silent for longer than its role's hang timeout; reap() restarts it."""

@@ -35,9 +35,11 @@ from .ring import _proc_stat, _process_alive, _shm_path
 
 MAGIC = int.from_bytes(b"PMBEAT\x00\x01", "little")
 HEADER_WORDS = 8
-SLOT_WORDS = 4
+SLOT_WORDS = 6
 _MAGIC, _SLOTS, _PID, _START = range(4)
-PID, BEAT, BUSY, BEATS = range(SLOT_WORDS)
+# TAKEN / DONE: datagrams a shard took from its socket / finished (decoded, written to the rings); what a
+# shard that dies had taken but not finished is lost with it, and the supervisor counts it (in_flight)
+PID, BEAT, BUSY, BEATS, TAKEN, DONE = range(SLOT_WORDS)
 SHM_DIR = "/dev/shm"
 
 
@@ -46,7 +48,7 @@ def heartbeat_name(prefix: str, run_id: str) -> str:
 
 
 class Heartbeats:
-    """The segment: a (slots, 4) uint64 array; create() in the supervisor, attach() in a child."""
+    """The segment: a (slots, SLOT_WORDS) uint64 array; create() in the supervisor, attach() in a child."""
 
     def __init__(self, name: str, mm: mmap.mmap) -> None:
         self.name = name
@@ -95,6 +97,7 @@ class Heartbeats:
         now = time.monotonic_ns()
         row = self.table[slot]
         row[BEATS] = 0
+        row[TAKEN] = row[DONE] = 0
         row[BEAT] = now
         row[BUSY] = now + int(grace_s * 1e9)
         row[PID] = pid
@@ -110,11 +113,22 @@ class Heartbeats:
     def beats(self, slot: int) -> int:
         return int(self.table[slot, BEATS])
 
+    def in_flight(self, slot: int) -> int:
+        """Datagrams the slot's (dead) child had taken but not finished."""
+        row = self.table[slot]
+        return max(0, int(row[TAKEN]) - int(row[DONE]))
+
     # -- child side -------------------------------------------------------------
     def beat(self, slot: int) -> None:
         row = self.table[slot]
         row[BEAT] = time.monotonic_ns()
         row[BEATS] += 1
+
+    def took(self, slot: int, datagrams: int) -> None:
+        self.table[slot, TAKEN] += datagrams
+
+    def finished(self, slot: int, datagrams: int) -> None:
+        self.table[slot, DONE] += datagrams
 
     def busy(self, slot: int, seconds: float) -> None:
         now = time.monotonic_ns()

@@ -152,6 +152,8 @@ def build_model(files: dict[str, dict], runtime_dir: Optional[str] = None) -> di
     totals["ring_dropped_records"] = sum(r.get("dropped_records", 0) for r in rings.values())
     totals["sink_lost_rows"] = sum(p["sink_lost_rows"] for p in plugins.values())
     totals["records_lost_in_restart"] = sum(p["records_lost_in_restart"] for p in plugins.values())
+    lost = (files.get("supervisor") or {}).get("lost_in_flight_datagrams") or {}
+    totals["datagrams_lost_in_dead_shards"] = sum(v for v in lost.values() if isinstance(v, int))
     totals["write_errors"] = sum(p["write_errors"] + p["purge_errors"] for p in plugins.values())
     return {"time": time.time(), "runtime_dir": runtime_dir, "totals": totals, "exporters": exporters,
             "shards": shards, "rings": rings, "plugins": plugins,

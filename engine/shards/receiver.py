@@ -25,7 +25,7 @@ from ..ipc.template_bus import BusClient, BusEndpoints
 from ..maps import MapError
 from ..maps.sampling import apply_sampling_map, load_sampling_map, renormalize
 from ..pcap import PcapStats, iter_udp
-from ..proc import beat, busy, handlers_installed
+from ..proc import beat, busy, done, handlers_installed, took
 from .counter_file import CounterFileWriter
 from .sockets import AddressCache, kernel_drops, open_udp
 from .stats import ShardStats
@@ -241,7 +241,9 @@ def run_udp(shard: Shard, listener: Listener, sock: Optional[socket.socket] = No
                     break
                 if first:           # judged on what one wait gathered, not on the remainder of a drain
                     gather, first = len(batch) < GATHER_BELOW, False
+                took(len(batch))
                 shard.handle(batch)
+                done(len(batch))
                 beat()
                 if shard.bus is not None:
                     shard.bus_receive()
