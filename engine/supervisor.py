@@ -74,6 +74,12 @@ def forkserver_context() -> mp.context.BaseContext:
     return ctx
 
 
+def _pid_gone(pid: int) -> bool:
+    """The process has exited (absent, or a zombie waiting for whoever reaps it)."""
+    state, _ = _state_and_cpu(pid)
+    return state in ("", "Z", "X")
+
+
 def _state_and_cpu(pid: int) -> tuple[str, float]:
     """A process's state letter and CPU seconds (user + system) from /proc/PID/stat; ("", 0.0) if gone."""
     try:
@@ -424,11 +430,21 @@ class Supervisor:
             if child.role != role or child.process is None:
                 continue
             child.process.join(max(0.0, deadline - time.monotonic()))
-            if child.process.is_alive():
+            pid = child.process.pid
+            # a forkserver that died (a SIGTERM sent to the whole process group: timeout(1), systemd) reports
+            # its children as ended (255) while they still run their final flush: wait for the pid itself
+            while not _pid_gone(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if child.process.is_alive() or not _pid_gone(pid):
                 log.error("%s did not stop in %.0fs: killing it", child.name, timeout)
-                child.process.kill()
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 child.process.join(5)
-            if child.process.exitcode != 0:
+            if child.process.exitcode == 255 and _pid_gone(pid):
+                log.info("%s ended during shutdown (its exit code was lost with the forkserver)", child.name)
+            elif child.process.exitcode != 0:
                 log.error("%s ended with exit code %s during shutdown", child.name, child.process.exitcode)
                 self.exit_code = self.exit_code or 1
 
