@@ -31,7 +31,7 @@ import time
 import _posixshmem
 import numpy as np
 
-from .ring import _proc_stat, _process_alive, _shm_path
+from .ring import _proc_stat, _shm_path, unlink_dead_segments
 
 MAGIC = int.from_bytes(b"PMBEAT\x00\x01", "little")
 HEADER_WORDS = 8
@@ -40,7 +40,6 @@ _MAGIC, _SLOTS, _PID, _START = range(4)
 # TAKEN / DONE: datagrams a shard took from its socket / finished (decoded, written to the rings); what a
 # shard that dies had taken but not finished is lost with it, and the supervisor counts it (in_flight)
 PID, BEAT, BUSY, BEATS, TAKEN, DONE = range(SLOT_WORDS)
-SHM_DIR = "/dev/shm"
 
 
 def heartbeat_name(prefix: str, run_id: str) -> str:
@@ -152,27 +151,4 @@ class Heartbeats:
 
 def cleanup_stale(prefix: str) -> list[str]:
     """Unlink heartbeat segments named prefix* whose creator process is gone; returns their names."""
-    try:
-        entries = sorted(os.listdir(SHM_DIR))
-    except OSError:
-        return []
-    removed = []
-    for entry in entries:
-        if not entry.startswith(prefix):
-            continue
-        try:
-            with open(os.path.join(SHM_DIR, entry), "rb") as f:
-                raw = f.read(32)
-        except OSError:
-            continue
-        if len(raw) < 32:
-            continue
-        words = np.frombuffer(raw, dtype=np.uint64)
-        if int(words[_MAGIC]) != MAGIC or _process_alive(int(words[_PID]), int(words[_START])):
-            continue
-        try:
-            _posixshmem.shm_unlink(_shm_path(entry))
-        except FileNotFoundError:
-            continue
-        removed.append(entry)
-    return removed
+    return unlink_dead_segments(prefix, MAGIC, _MAGIC, _PID, _START)

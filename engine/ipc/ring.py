@@ -300,6 +300,14 @@ def cleanup_stale(prefix: str = RING_PREFIX) -> list[str]:
 
     Segments that are not pmengine rings (no magic) or whose creator still runs are left alone.
     """
+    return unlink_dead_segments(prefix, MAGIC, _MAGIC, _PID, _START)
+
+
+def unlink_dead_segments(prefix: str, magic: int, magic_word: int, pid_word: int, start_word: int) -> list[str]:
+    """Unlink /dev/shm segments named prefix* whose header (uint64 words) has `magic` at magic_word and names,
+    at pid_word / start_word, a creator process that is gone; returns their names.  Shared by rings and
+    heartbeat segments."""
+    header = 8 * (max(magic_word, pid_word, start_word) + 1)
     try:
         entries = sorted(os.listdir(SHM_DIR))
     except OSError:
@@ -310,13 +318,13 @@ def cleanup_stale(prefix: str = RING_PREFIX) -> list[str]:
             continue
         try:
             with open(os.path.join(SHM_DIR, entry), "rb") as f:
-                raw = f.read(64)
+                raw = f.read(header)
         except OSError:
             continue
-        if len(raw) < 64:
+        if len(raw) < header:
             continue
         words = np.frombuffer(raw, dtype=np.uint64)
-        if int(words[_MAGIC]) != MAGIC or _process_alive(int(words[_PID]), int(words[_START])):
+        if int(words[magic_word]) != magic or _process_alive(int(words[pid_word]), int(words[start_word])):
             continue
         try:
             _posixshmem.shm_unlink(_shm_path(entry))

@@ -9,7 +9,6 @@ never fatal.  Counters are saved as JSON at stats_path for `pmengine stats`.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import time
@@ -18,22 +17,11 @@ from typing import Optional
 from ..config.tree import CoreConfig, PluginConfig
 from .aggregate import Aggregator
 from ..proc import busy
+from ..shards.stats import load_previous
 from .loop import RingLoop, install_signals
 
 IDLE_SLEEP = 0.02           # seconds to sleep when every ring is empty
 PURGE_BUSY_S = 600.0        # longest purge (sink retries included) before the supervisor calls it hung
-
-
-def _load_json(path: Optional[str]) -> dict:
-    """A stats file a previous incarnation saved ({} when none or unreadable)."""
-    if not path:
-        return {}
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def next_refresh(now: float, refresh: int) -> float:
@@ -72,7 +60,7 @@ class PluginLoop(RingLoop):
         self.read_base = sum(r.get("read_records", 0) for r in self.ring_counters().values())
         self.records_flushed = self.read_base
         self.records_lost_in_restart = 0
-        previous = _load_json(self.stats_path)
+        previous = load_previous(self.stats_path)
         if not previous:
             return
         self.records_lost_in_restart = int(previous.get("records_lost_in_restart", 0))
