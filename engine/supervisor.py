@@ -60,7 +60,8 @@ START_GRACE_S = 15.0                # a starting child has this long before its 
 CRASH_LOOP_WINDOW_S = 60.0
 CRASH_LOOP_RESTARTS = 3             # restarts in the window that are immediate; more back off
 RUNTIME_PREFIX = "pmengine-"
-PRELOAD = ["engine.proc", "engine.ipc.heartbeat", "engine.shards.receiver", "engine.plugins.runner",
+# numpy.ma: numpy 2's np.unique imports it on first use, ~50 ms in a shard's first batch otherwise
+PRELOAD = ["numpy.ma", "engine.proc", "engine.ipc.heartbeat", "engine.shards.receiver", "engine.plugins.runner",
            "engine.plugins.memory.plugin", "engine.plugins.print_plugin"]
 
 

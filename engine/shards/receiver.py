@@ -27,6 +27,7 @@ from ..maps.sampling import apply_sampling_map, load_sampling_map, renormalize
 from ..pcap import PcapStats, iter_udp
 from ..proc import beat, busy, done, handlers_installed, took
 from .counter_file import CounterFileWriter
+from .mmsg import MmsgReceiver, available as mmsg_available
 from .sockets import AddressCache, kernel_drops, open_udp
 from .stats import ShardStats
 
@@ -36,29 +37,41 @@ MAX_PACKETS = 512               # packets per receive batch
 BUF_BYTES = 8 << 20             # receive buffer: room for MAX_PACKETS jumbo datagrams
 RING_CHUNK = 8192               # records per ring write
 POLL_MS = 100
-# A receive that found fewer than GATHER_BELOW datagrams waits GATHER_S before the next one, so that at low
-# rates a batch holds many datagrams (the decoder's cost is mostly per batch, not per flow); at high rates
-# batches fill by themselves and nobody waits.  Latency is irrelevant to a collector that purges every minute.
+# Receives that drained the socket are at least GATHER_S apart, so that below saturation a batch holds what
+# arrived in GATHER_S (the decoder's cost is mostly per batch, ~1 ms, not per flow); at saturation batches fill
+# (MAX_PACKETS) and nobody waits.  Latency is irrelevant to a collector that purges every minute.
 GATHER_S = 0.05
-GATHER_BELOW = MAX_PACKETS // 2
 STATS_EVERY_S = 1.0
 
 
 class UdpBatcher:
-    """Drain a non-blocking UDP socket into PacketBatches (one recvfrom_into per datagram)."""
+    """Drain a non-blocking UDP socket into PacketBatches: one recvmmsg per batch (engine/shards/mmsg.py), or
+    where that is missing one recvfrom_into per datagram."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buf = np.zeros(BUF_BYTES, dtype=np.uint8)
-        self.view = memoryview(self.buf)
-        self.offsets = np.zeros(MAX_PACKETS, dtype=np.int64)
-        self.lengths = np.zeros(MAX_PACKETS, dtype=np.int64)
-        self.exporters = np.zeros((MAX_PACKETS, 16), dtype=np.uint8)
         self.arrival = np.zeros(MAX_PACKETS, dtype=np.int64)
-        self.addr = AddressCache()
+        self.mmsg = MmsgReceiver(sock, MAX_PACKETS) if mmsg_available() else None
+        if self.mmsg is None:
+            self.buf = np.zeros(BUF_BYTES, dtype=np.uint8)
+            self.view = memoryview(self.buf)
+            self.offsets = np.zeros(MAX_PACKETS, dtype=np.int64)
+            self.lengths = np.zeros(MAX_PACKETS, dtype=np.int64)
+            self.exporters = np.zeros((MAX_PACKETS, 16), dtype=np.uint8)
+            self.addr = AddressCache()
 
     def receive(self) -> Optional[PacketBatch]:
         """Everything queued on the socket, up to MAX_PACKETS; None when nothing was waiting."""
+        if self.mmsg is not None:
+            m = self.mmsg
+            n = m.receive()
+            if n == 0:
+                return None
+            self.arrival[:n] = time.time_ns() // 1000
+            return PacketBatch(m.buf, m.slot_offsets[:n], m.lengths(n), m.exporters[:n], self.arrival[:n])
+        return self._receive_one_by_one()
+
+    def _receive_one_by_one(self) -> Optional[PacketBatch]:
         n, off = 0, 0
         recv = self.sock.recvfrom_into
         exporters: list[bytes] = []
@@ -226,27 +239,32 @@ def run_udp(shard: Shard, listener: Listener, sock: Optional[socket.socket] = No
     if shard.bus is not None:
         poller.register(shard.bus.socket, zmq.POLLIN)
     next_stats = time.monotonic() + STATS_EVERY_S
+    last_drained = 0.0          # when a receive last found the socket empty (or less than a full batch)
     try:
-        gather = True
         while not shard.stopping:
             ready = dict(poller.poll(POLL_MS))
             beat()
-            if gather and sock.fileno() in ready:        # zmq reports plain sockets by fd
-                time.sleep(GATHER_S)
             shard.bus_receive()
-            first = True
-            while True:
-                batch = batcher.receive()
-                if batch is None:
-                    break
-                if first:           # judged on what one wait gathered, not on the remainder of a drain
-                    gather, first = len(batch) < GATHER_BELOW, False
-                took(len(batch))
-                shard.handle(batch)
-                done(len(batch))
-                beat()
-                if shard.bus is not None:
+            if sock.fileno() in ready:                   # zmq reports plain sockets by fd
+                wait = last_drained + GATHER_S - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                while not shard.stopping:
+                    started = time.monotonic()
+                    batch = batcher.receive()
+                    if batch is None:
+                        last_drained = started
+                        break
+                    took(len(batch))
+                    shard.handle(batch)
+                    done(len(batch))
+                    beat()
                     shard.bus_receive()
+                    if len(batch) < MAX_PACKETS:          # the socket is drained: gather before the next one
+                        last_drained = started
+                        break
+                    if time.monotonic() >= next_stats:
+                        break
             now = time.monotonic()
             if now >= next_stats:
                 shard.housekeeping(time.time(), sock)
