@@ -103,10 +103,16 @@ def cmd_start(args: argparse.Namespace) -> int:
     log.info("pmengine %s starting: %d shard(s), plugins %s", __version__, args.shards,
              ", ".join(f"{p.type}[{p.name}]" for p in cfg.plugins))
     try:
-        return Supervisor(cfg, args.shards, log_setup).run()
+        code = Supervisor(cfg, args.shards, log_setup).run()
     finally:
         if core.pidfile and read_pidfile(core.pidfile) == os.getpid():
             os.unlink(core.pidfile)
+    # Everything is written and every child is gone: leave without tearing the interpreter down (with numpy and
+    # zmq loaded that is ~0.1 s of CPU, at every stop, for nothing).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

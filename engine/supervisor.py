@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .config.fields_needed import needed_fields
+from .shards.preaggregate import fold_specs
 from .config.tree import Config, Listener
 from .ipc import heartbeat
 from .ipc.heartbeat import Heartbeats, heartbeat_name
@@ -60,9 +61,7 @@ START_GRACE_S = 15.0                # a starting child has this long before its 
 CRASH_LOOP_WINDOW_S = 60.0
 CRASH_LOOP_RESTARTS = 3             # restarts in the window that are immediate; more back off
 RUNTIME_PREFIX = "pmengine-"
-# numpy.ma: numpy 2's np.unique imports it on first use, ~50 ms in a shard's first batch otherwise
-PRELOAD = ["numpy.ma", "engine.proc", "engine.ipc.heartbeat", "engine.shards.receiver", "engine.plugins.runner",
-           "engine.plugins.memory.plugin", "engine.plugins.print_plugin"]
+PRELOAD = ["engine.forkserver_preload"]
 
 
 def forkserver_context() -> mp.context.BaseContext:
@@ -198,7 +197,7 @@ class Supervisor:
             self.children.append(Child(
                 "shard", f"shard-{i}", "engine.shards.receiver:shard_main",
                 (i, core, listener, ring_names[i], self.bus.endpoints, self._stats_path(f"shard-{i}"),
-                 needed_fields(self.config), self.sockets[i] if self.sockets else None),
+                 needed_fields(self.config), self.sockets[i] if self.sockets else None, fold_specs(self.config)),
                 restartable=not core.pcap_savefile))
         for slot, child in enumerate(self.children):
             child.slot = slot

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import (REPO, SCENARIOS, cpu_seconds, csv_totals, free_port, prepare, print_conf, tree,  # noqa: E402
+from bench import (REPO, SCENARIOS, cpu_seconds, csv_totals, free_port, udp_sockets, prepare, print_conf, tree,  # noqa: E402
                    wait_listening, wait_with_timeout)
 from replay import send  # noqa: E402
 
@@ -73,6 +73,7 @@ def main() -> int:
         time.sleep(a.idle)
         marks.append(("idle2", snapshot(proc.pid)))
         who = names(proc.pid)
+        kdrops = udp_sockets(port)[1]
         last = dict(marks[-1][1])
         proc.send_signal(signal.SIGTERM)
         # sample until exit
@@ -88,7 +89,7 @@ def main() -> int:
         log.close()
     time.sleep(0.3)
     rows, got, _ = csv_totals(work / "out.csv")
-    print(f"output: {rows} rows, bytes kept {got / expected['bytes'] * 100:.3f}%")
+    print(f"output: {rows} rows, bytes kept {got / expected['bytes'] * 100:.3f}%, kernel drops {kdrops}")
     pids = sorted({p for _, s in marks for p in s})
     print(f"{a.scenario} shards={a.shards} flows={a.flows} sent at {rep.rate * fpp:,.0f} flows/s "
           f"in {rep.seconds:.2f}s; idle phases {a.idle}s")

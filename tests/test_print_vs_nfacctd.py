@@ -122,15 +122,16 @@ def nfacctd_runs(tmp_path_factory):
 
 
 def consistent_run(out: Path, plugins: list[str], timeout: float = 60) -> bool:
-    """Wait until every plugin logged its purge; True if each purged once and counted every packet."""
+    """Wait until every plugin logged its purge; True if each purged once and counted every packet (False also
+    when some plugin never logged its purge)."""
     log = out / "nfacctd.log"
     deadline = time.monotonic() + timeout
     while True:
         ends = re.findall(r"\( (\S+)/print \): \*\*\* Purging cache - END \(PID: \d+, QN: \d+/(\d+)", log.read_text())
         if {p for p, _ in ends} >= {"full", *plugins}:
             break
-        if time.monotonic() > deadline:
-            raise AssertionError(f"nfacctd did not finish writing: {log}")
+        if time.monotonic() > deadline:     # a plugin that never purged (loaded machine): run it again
+            return False
         time.sleep(0.1)
     if len(ends) != len(plugins) + 1 or any(int(n) == 0 for _, n in ends):
         return False

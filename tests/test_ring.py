@@ -90,7 +90,7 @@ def test_full_ring_drops_and_counts(name):
     assert not ring.write(numbered(100, 101))      # larger than the ring: never fits
     assert ring.pending() == 100
     assert ring.counters() == {"written_records": 100, "written_batches": 2, "dropped_records": 143,
-                               "dropped_batches": 3, "read_records": 0, "resyncs": 0}
+                               "dropped_batches": 3, "folded_records": 0, "read_records": 0, "resyncs": 0}
     assert np.array_equal(ring.read()["flows"], np.arange(100))
     empty = ring.read()
     assert len(empty) == 0 and empty.dtype == RECORD_DTYPE
@@ -397,3 +397,17 @@ def test_attaching_child_neither_unlinks_nor_warns(name, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "pending 6" in proc.stdout and "unlinked True" in proc.stdout
     assert "leaked" not in proc.stderr and "resource_tracker" not in proc.stderr, proc.stderr
+
+
+def test_offered_records_are_written_folded_or_dropped(name):
+    """A writer that folded records before writing says how many it was offered: written + folded + dropped
+    = offered, whether the batch fits or not."""
+    ring = Ring.create(name, 100)
+    assert ring.write(numbered(0, 10), offered=25)          # 25 offered, folded into 10
+    assert not ring.write(numbered(10, 95), offered=300)    # does not fit: all 300 offered count as dropped
+    assert ring.write(numbered(10, 5))
+    c = ring.counters()
+    assert (c["written_records"], c["folded_records"], c["dropped_records"]) == (15, 15, 300)
+    assert c["written_records"] + c["folded_records"] + c["dropped_records"] == 25 + 300 + 5
+    ring.close()
+    ring.unlink()

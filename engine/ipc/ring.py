@@ -10,7 +10,7 @@ Byte layout of a segment (all header words are native-endian uint64):
     offset  field
     ------  -----------------------------------------------------------------
          0  magic  b"PMRING\\x00\\x01"
-         8  layout version (1)
+         8  layout version (2)
         16  header size in bytes (512): where record slot 0 starts
         24  capacity, in records
         32  record size, in bytes
@@ -21,6 +21,8 @@ Byte layout of a segment (all header words are native-endian uint64):
        136  written batches                          (writer-owned)
        144  dropped records                          (writer-owned)
        152  dropped batches                          (writer-owned)
+       160  folded records: offered records the writer merged into others
+            before writing (shard pre-aggregation)   (writer-owned)
        256  read index: records ever consumed        (reader-owned)
        264  resyncs: impossible index pairs the reader skipped over (reader-owned)
        512  record slots: capacity x record size bytes
@@ -53,14 +55,14 @@ import numpy as np
 from engine.schema import RECORD_DTYPE
 
 MAGIC = int.from_bytes(b"PMRING\x00\x01", "little")
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 HEADER_BYTES = 512
 RING_PREFIX = "pme_"            # every ring_name() starts with this; pass it to cleanup_stale()
 SHM_DIR = "/dev/shm"            # where Linux exposes POSIX shared memory
 
 # Header word indices (offset // 8).
 _MAGIC, _VERSION, _HEADER, _CAPACITY, _RECSIZE, _FINGERPRINT, _PID, _START = range(8)
-_WRITE, _W_BATCHES, _DROP_RECORDS, _DROP_BATCHES = 16, 17, 18, 19
+_WRITE, _W_BATCHES, _DROP_RECORDS, _DROP_BATCHES, _FOLDED = 16, 17, 18, 19, 20
 _READ, _RESYNCS = 32, 33
 
 _MAX_NAME = 30                  # with the leading "/" this stays under 31 characters (macOS PSHMNAMLEN)
@@ -206,19 +208,26 @@ class Ring:
     def __reduce__(self):
         raise TypeError("a Ring is not picklable: pass its name and Ring.attach() in the child process")
 
-    def write(self, records: np.ndarray) -> bool:
-        """Append a whole batch, or nothing: False (batch dropped and counted) when it does not fit now."""
+    def write(self, records: np.ndarray, offered: int | None = None) -> bool:
+        """Append a whole batch, or nothing: False (batch dropped and counted) when it does not fit now.
+
+        offered: how many records the writer was given for this batch before folding some into others (>= the
+        batch's length): a written batch adds the difference to the folded count, a dropped one counts all of
+        them as dropped, so that offered = written + folded + dropped always holds."""
         if records.dtype != self.dtype:
             raise TypeError(f"ring {self.name} carries {self.dtype}, got records of {records.dtype}")
         n = len(records)
+        offered = n if offered is None else offered
         if n == 0:
             return True
         hdr, cap = self._hdr, self.capacity
         w = hdr[_WRITE]
         if n > cap - (w - hdr[_READ]):
-            hdr[_DROP_RECORDS] += n
+            hdr[_DROP_RECORDS] += offered
             hdr[_DROP_BATCHES] += 1
             return False
+        if offered != n:
+            hdr[_FOLDED] += offered - n
         src = np.frombuffer(np.ascontiguousarray(records), np.uint8)
         size = self._size
         pos = (w % cap) * size
@@ -265,6 +274,7 @@ class Ring:
             "written_batches": h[_W_BATCHES],
             "dropped_records": h[_DROP_RECORDS],
             "dropped_batches": h[_DROP_BATCHES],
+            "folded_records": h[_FOLDED],
             "read_records": h[_READ],
             "resyncs": h[_RESYNCS],
         }

@@ -38,6 +38,7 @@ SHARD_HELP = {
 RING_HELP = {
     "written_records": ("counter", "records written into the ring"),
     "dropped_records": ("counter", "records dropped because the ring was full"),
+    "folded_records": ("counter", "records the shard folded into others before writing (pre-aggregation)"),
     "read_records": ("counter", "records read from the ring by its plugin"),
     "in_flight": ("gauge", "records written and not yet read"),
 }

@@ -11,7 +11,8 @@ JSON-ready dict out:
     plugins    name    -> records read, ring drops, records offered, sink counters, lost rows
     totals             -> the sums an operator looks at first
     balance            -> ok, problems: per shard flows decoded = records delivered to its rings;
-                          per ring records offered = written + dropped; per plugin records read = Σ rings read
+                          per ring records offered = written + dropped + folded (shard
+                          pre-aggregation, engine/shards/preaggregate.py); per plugin records read = Σ rings read
 
 Shard and plugin files are saved about once a second, each at its own moment: while traffic flows, a
 ring's read count (plugin file) may run ahead of its written count (shard file); `in_flight` is then
@@ -29,7 +30,8 @@ EXPORTER_COUNTERS = ("packets", "bytes", "flows", "seq_gaps", "decode_errors", "
                      "unknown_samples", "unknown_records", "frame_bytes")
 SHARD_COUNTERS = ("packets", "batches", "kernel_drops", "records_decoded", "records_from_bus", "records_offered")
 SHARD_GAUGES = ("pending_sets_now", "pending_bytes_now", "starts")
-RING_COUNTERS = ("written_records", "dropped_records", "dropped_batches", "read_records", "resyncs")
+WRITER_COUNTERS = ("written_records", "written_batches", "dropped_records", "dropped_batches", "folded_records")
+RING_COUNTERS = ("written_records", "dropped_records", "dropped_batches", "folded_records", "read_records", "resyncs")
 PLUGIN_COUNTERS = ("purges", "rows_purged", "purge_errors", "rows_written", "write_errors", "hash_collisions",
                    "records_lost_in_restart")
 # sink counters (the writer's counters(), memory plugin's table) that are levels, not running totals
@@ -99,9 +101,9 @@ def build_model(files: dict[str, dict], runtime_dir: Optional[str] = None) -> di
         s["ring_dropped_records"] = 0
         for rname, rc in (d.get("rings") or {}).items():
             ring = rings.setdefault(rname, {"shard": sid, "plugin": None})
-            for k in ("written_records", "written_batches", "dropped_records", "dropped_batches"):
+            for k in WRITER_COUNTERS:
                 ring[k] = _int(rc, k)
-            ring["offered_records"] = ring["written_records"] + ring["dropped_records"]
+            ring["offered_records"] = ring["written_records"] + ring["dropped_records"] + ring["folded_records"]
             s["ring_dropped_records"] += ring["dropped_records"]
             if ring["offered_records"] != s["records_offered"]:
                 problems.append(f"shard {sid}: ring {rname} was offered {ring['offered_records']} records, "
@@ -124,21 +126,22 @@ def build_model(files: dict[str, dict], runtime_dir: Optional[str] = None) -> di
         p["sink"] = sink
         p["sink_lost_rows"] = sum(_int(sink, k) for k in SINK_LOST if k != "lost_rows") or _int(sink, "lost_rows")
         p["enrich"] = dict(d.get("enrich") or {})
-        read = dropped = offered = 0
+        read = dropped = offered = written = 0
         for rname, rc in (d.get("rings") or {}).items():
             ring = rings.setdefault(rname, {"shard": None})
             ring["plugin"] = name
             ring["read_records"] = _int(rc, "read_records")
             ring["resyncs"] = _int(rc, "resyncs")
             if "written_records" not in ring:         # no shard file yet: the plugin's own view of the writer side
-                for k in ("written_records", "written_batches", "dropped_records", "dropped_batches"):
+                for k in WRITER_COUNTERS:
                     ring[k] = _int(rc, k)
-                ring["offered_records"] = ring["written_records"] + ring["dropped_records"]
+                ring["offered_records"] = ring["written_records"] + ring["dropped_records"] + ring["folded_records"]
             read += ring["read_records"]
             dropped += ring["dropped_records"]
             offered += ring["offered_records"]
+            written += ring["written_records"]
         p.update(records_read=read, ring_dropped_records=dropped, records_offered=offered,
-                 records_in_flight=max(0, offered - dropped - read))
+                 records_in_flight=max(0, written - read))
         if p["records"] != read:
             problems.append(f"plugin {name}: consumed {p['records']} records, its rings gave {read}")
         plugins[name] = p

@@ -28,6 +28,7 @@ from ..pcap import PcapStats, iter_udp
 from ..proc import beat, busy, done, handlers_installed, took
 from .counter_file import CounterFileWriter
 from .mmsg import MmsgReceiver, available as mmsg_available
+from .preaggregate import FoldSpec, folders_for
 from .sockets import AddressCache, kernel_drops, open_udp
 from .stats import ShardStats
 
@@ -118,7 +119,8 @@ def pcap_batches(path: str, stats: PcapStats, port: Optional[int],
 class Shard:
     def __init__(self, shard_id: int, core: CoreConfig, ring_names: list[str],
                  bus_endpoints: Optional[BusEndpoints], stats_path: Optional[str],
-                 listener: Optional[Listener] = None, wanted: Optional[frozenset] = None) -> None:
+                 listener: Optional[Listener] = None, wanted: Optional[frozenset] = None,
+                 folds: Optional[list[Optional[FoldSpec]]] = None) -> None:
         self.shard_id = shard_id
         self.core = core
         self.listener = listener or Listener()
@@ -128,6 +130,7 @@ class Shard:
                              if core.counter_file and self.listener.protocol == "sflow" else None)
         self.stage = ShardStage(core, self.listener, log)
         self.rings = [Ring.attach(n) for n in ring_names]
+        self.folders = folders_for(folds, len(self.rings))     # per ring: pre-aggregation for its plugin, or None
         self.state = DecoderState(time_secs=core.time_secs)
         self.state.wanted = wanted          # config.fields_needed: fields no consumer reads stay zero
         self.stats = ShardStats(shard_id, stats_path)
@@ -190,14 +193,16 @@ class Shard:
         if len(records) == 0:
             return
         self.stats.records_offered += len(records)
-        for start in range(0, len(records), RING_CHUNK):
-            chunk = records[start:start + RING_CHUNK]
-            for ring in self.rings:
-                self._write(ring, chunk)
+        for ring, folder in zip(self.rings, self.folders):
+            batch = folder.fold(records) if folder is not None else records
+            folded = len(records) - len(batch)      # carried by the first chunk: offered = written + folded + dropped
+            for start in range(0, len(batch), RING_CHUNK):
+                chunk = batch[start:start + RING_CHUNK]
+                self._write(ring, chunk, len(chunk) + (folded if start == 0 else 0))
 
-    def _write(self, ring: Ring, chunk: np.ndarray) -> None:
+    def _write(self, ring: Ring, chunk: np.ndarray, offered: int) -> None:
         if not self.blocking_writes:
-            ring.write(chunk)       # a full ring drops and counts the batch
+            ring.write(chunk, offered)      # a full ring drops and counts the batch
             return
         # offline or shutting down: wait for room (bounded), the counters stay exact
         deadline = time.monotonic() + (3600 if not self.stopping else 5.0)
@@ -206,7 +211,7 @@ class Shard:
                 break               # still no room: the write below drops and counts it
             beat()
             time.sleep(0.002)
-        ring.write(chunk)
+        ring.write(chunk, offered)
 
     def housekeeping(self, now: float, sock: Optional[socket.socket]) -> None:
         self.stats.add_expired(self.state.expire_pending(int(now * 1e6)))
@@ -295,9 +300,10 @@ def run_pcap(shard: Shard, path: str, port: Optional[int]) -> None:
 
 def shard_main(shard_id: int, core: CoreConfig, listener: Optional[Listener], ring_names: list[str],
                bus_endpoints: Optional[BusEndpoints], stats_path: Optional[str],
-               wanted: Optional[frozenset] = None, sock: Optional[socket.socket] = None) -> None:
+               wanted: Optional[frozenset] = None, sock: Optional[socket.socket] = None,
+               folds: Optional[list[Optional[FoldSpec]]] = None) -> None:
     """Process entry point (see engine.supervisor)."""
-    shard = Shard(shard_id, core, ring_names, bus_endpoints, stats_path, listener, wanted)
+    shard = Shard(shard_id, core, ring_names, bus_endpoints, stats_path, listener, wanted, folds)
 
     def on_term(_signum, _frame):
         shard.stopping = True

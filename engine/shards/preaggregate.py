@@ -1,0 +1,122 @@
+"""Pre-aggregation in the shard: before a batch goes into a plugin's ring, records that plugin cannot tell apart
+are folded into one (counters summed, tcp flags OR-ed).
+
+A plugin reads from a record only its aggregation key (the key columns of aggregate.KeySpec, the host/mask/family
+of src_net/dst_net, the flow's second when it bins by time) and the counters packets, bytes, flows, tcp_flags
+(memory and tcpflags OR it, never a key).  Two records equal on those key columns are the same to it, so folding
+them first changes nothing it writes -- and a low-cardinality plugin (a traffic matrix: a few hundred keys per
+batch of ~10k flows) then receives a few hundred records instead of ~10k: one ring copy and one aggregation per
+key instead of per flow.  High-cardinality batches barely shrink; the folder notices and stops trying for a while.
+
+Folding is off for a plugin whenever the configuration has a consumer whose reads we do not list
+(fields_needed.needed_fields() is None: filters, maps, networks, tags), like the field projection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..config.fields_needed import needed_fields
+from ..config.tree import Config, PluginConfig
+from ..plugins.aggregate import KeySpec, flow_seconds, gather_plan, group
+from ..plugins.timebins import TimeBins
+from ..schema import PRIMITIVES, RECORD_DTYPE
+
+SECOND = "_flow_second"
+SUMMED = ("packets", "bytes", "flows")
+WORTH_IT = 0.5          # fold while a batch shrinks to at most this share of its records
+JUDGE_FROM = 1024       # smaller batches are written as they are, and say nothing about the next ones
+SKIP_BATCHES = 32       # batches written as they are after one that did not shrink enough, before trying again
+
+
+@dataclass(frozen=True)
+class FoldSpec:
+    """What tells one plugin's records apart: record columns, and the flow's second (time bins) or not."""
+    columns: tuple[str, ...]
+    flow_second: bool = False
+    use_arrival: bool = False       # nfacctd_time_new: bins by arrival
+
+
+def fold_spec(cfg: Config, plugin: PluginConfig) -> Optional[FoldSpec]:
+    """The FoldSpec of a plugin, or None when its records must travel as they are."""
+    if needed_fields(cfg) is None:
+        return None
+    history = plugin.type != "memory" and TimeBins.create(plugin.history, plugin.history_secs,
+                                                          plugin.history_roundoff, 0.0).enabled
+    spec = KeySpec.create(tuple(plugin.aggregate), history)
+    columns = [n for n in spec.dtype.names if n in RECORD_DTYPE.names]
+    for name in spec.derived:
+        prim = PRIMITIVES.get(name)
+        if prim is not None and prim.derived == "net":
+            columns += [*prim.columns[:2], "family"]
+    return FoldSpec(tuple(dict.fromkeys(columns)), history, bool(cfg.core.time_new))
+
+
+def fold_specs(cfg: Config) -> list[Optional[FoldSpec]]:
+    return [fold_spec(cfg, p) for p in cfg.plugins]
+
+
+def _key_dtype(spec: FoldSpec) -> np.dtype:
+    fields = [(n, RECORD_DTYPE.fields[n][0]) for n in spec.columns]
+    if spec.flow_second:
+        fields.append((SECOND, np.dtype("i8")))
+    fields.sort(key=lambda f: -min(f[1].itemsize, 8) if f[1].itemsize & (f[1].itemsize - 1) == 0 else 1)
+    width = sum(f[1].itemsize for f in fields)
+    if width % 8 or not width:
+        fields.append(("_pad", np.dtype((np.uint8, 8 - width % 8 if width % 8 else 8))))
+    return np.dtype(fields)
+
+
+class PreAggregator:
+    """fold(records) -> (records, offered): the batch with indistinguishable records folded, or as it was."""
+
+    def __init__(self, spec: FoldSpec) -> None:
+        self.spec = spec
+        self.dtype = _key_dtype(spec)
+        self.plan = gather_plan(self.dtype)
+        self.skip = 0
+        self.batches_folded = 0
+        self.records_in = 0
+        self.records_out = 0
+
+    def keys(self, records: np.ndarray) -> np.ndarray:
+        n = len(records)
+        keys = np.zeros(n, dtype=self.dtype)
+        src_all = np.ascontiguousarray(records)
+        for width, kcols, rcols in self.plan:
+            kind = f"u{width}"
+            dst = keys.view(kind).reshape(n, -1)
+            src = src_all.view(kind).reshape(n, -1)
+            dst[:, kcols] = src[:, rcols]
+        if self.spec.flow_second:
+            keys[SECOND] = flow_seconds(records, self.spec.use_arrival)
+        return keys
+
+    def fold(self, records: np.ndarray) -> np.ndarray:
+        n = len(records)
+        if n < JUDGE_FROM:
+            return records
+        if self.skip:
+            self.skip -= 1
+            return records
+        order, starts, _ = group(self.keys(records))
+        if len(starts) > WORTH_IT * n:
+            self.skip = SKIP_BATCHES
+            return records
+        first = order.take(starts)
+        out = records.take(first)
+        for name in SUMMED:
+            out[name] = np.add.reduceat(records[name].take(order), starts)
+        out["tcp_flags"] = np.bitwise_or.reduceat(records["tcp_flags"].take(order), starts)
+        self.batches_folded += 1
+        self.records_in += n
+        self.records_out += len(out)
+        return out
+
+
+def folders_for(specs: Optional[list[Optional[FoldSpec]]], rings: int) -> list[Optional[PreAggregator]]:
+    specs = specs or [None] * rings
+    return [PreAggregator(s) if s is not None else None for s in specs]
+
