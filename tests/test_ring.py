@@ -411,3 +411,26 @@ def test_offered_records_are_written_folded_or_dropped(name):
     assert c["written_records"] + c["folded_records"] + c["dropped_records"] == 25 + 300 + 5
     ring.close()
     ring.unlink()
+
+
+def test_read_view_is_the_ring_itself_until_released(name):
+    ring = Ring.create(name, 100)
+    assert ring.write(numbered(0, 70))
+    view = ring.read_view(50)
+    assert np.array_equal(view["flows"], np.arange(50))
+    assert not ring.write(numbered(70, 40))         # not released yet: only 30 free
+    ring.release(len(view))
+    del view
+    assert ring.write(numbered(70, 40))             # crosses the end of the slots
+    first = ring.read_view()                        # a view never crosses the end: up to slot 99
+    assert np.array_equal(first["flows"], np.arange(50, 100))
+    ring.release(len(first))
+    del first
+    rest = ring.read_view()
+    assert np.array_equal(rest["flows"], np.arange(100, 110))
+    ring.release(len(rest))
+    del rest
+    assert ring.pending() == 0 and len(ring.read_view()) == 0
+    assert ring.counters()["read_records"] == 110
+    ring.close()
+    ring.unlink()

@@ -144,6 +144,7 @@ class Ring:
         self._size = self.dtype.itemsize
         # Raw bytes of the slots: byte copies are memcpy, while structured-dtype copies go field by field.
         self._slots = np.frombuffer(mm, dtype=np.uint8, count=self.capacity * self._size, offset=HEADER_BYTES)
+        self._records = self._slots.view(self.dtype)
         self._empty = np.frombuffer(np.empty(0, np.uint8), self.dtype)
 
     @classmethod
@@ -262,6 +263,29 @@ class Ring:
         hdr[_READ] = r + n                      # release the slots to the writer
         return np.frombuffer(dst, self.dtype)
 
+    def read_view(self, max_records: int | None = None) -> np.ndarray:
+        """Up to max_records pending records as a view of the ring itself (no copy; never across the end of the
+        slots, so possibly fewer than pending): valid until release(), which gives the slots back to the writer.
+        The plugin loop's read: copying each batch out cost more (fresh pages every time) than using it."""
+        hdr, cap = self._hdr, self.capacity
+        w, r = hdr[_WRITE], hdr[_READ]
+        n = w - r
+        if n < 0 or n > cap:                    # impossible pair (corrupted header): skip to the writer
+            hdr[_RESYNCS] += 1
+            hdr[_READ] = w
+            return self._empty
+        pos = r % cap
+        n = min(n, cap - pos)
+        if max_records is not None:
+            n = min(n, max(0, max_records))
+        if n == 0:
+            return self._empty
+        return self._records[pos:pos + n]
+
+    def release(self, n: int) -> None:
+        """Give back the n records of the last read_view() (their slots may be overwritten from now on)."""
+        self._hdr[_READ] = self._hdr[_READ] + n
+
     def pending(self) -> int:
         """Records written and not yet read."""
         return self._hdr[_WRITE] - self._hdr[_READ]
@@ -287,7 +311,7 @@ class Ring:
         if self._mm is None:
             return
         self._hdr.release()
-        self._slots = None
+        self._slots = self._records = None
         self._mm.close()
         self._mm = None
 

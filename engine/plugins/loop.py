@@ -51,12 +51,15 @@ class RingLoop:
         got = 0
         for ring in self.rings:
             beat()                      # the supervisor's hang watch: once per ring read
-            batch = ring.read(READ_CHUNK)
-            if len(batch):
-                got += len(batch)
-                batch = self.stage.apply(batch)
+            view = ring.read_view(READ_CHUNK)
+            n = len(view)
+            if n:
+                got += n
+                batch = self.stage.apply(view)
                 if len(batch):
-                    self.consume(batch)
+                    self.consume(batch)     # consumers copy what they keep (keys, counters): the view is released
+                del view, batch
+                ring.release(n)
         self.records += got
         return got
 
