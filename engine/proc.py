@@ -138,6 +138,26 @@ def done(datagrams: int) -> None:
         _Child.beats.finished(_Child.slot, datagrams)
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3         # glibc mallopt parameters
+MALLOC_MMAP_THRESHOLD = 64 << 20
+MALLOC_TRIM_THRESHOLD = 256 << 20
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for reuse instead of returning it to the kernel at every free.
+
+    A shard or plugin allocates and frees the same few MB of numpy temporaries at every batch; by default glibc
+    serves blocks past its (adaptive) mmap threshold with fresh mmaps and trims the heap top, so every batch
+    pays thousands of page faults (~30% of an sFlow batch's decode).  The price: a process keeps up to the
+    high-water mark of its temporaries (tens of MB)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
+    except (OSError, AttributeError):           # not glibc: nothing to tune
+        pass
+
+
 def _die_with_parent(supervisor: int) -> None:
     """SIGTERM when our parent (the forkserver, or the supervisor under spawn) dies.
 
@@ -193,6 +213,7 @@ def child_entry(role: str, target: str, log_setup: LogSetup, args: tuple, env: O
     signal.signal(signal.SIGHUP, _on_hup)             # reopen the log file at the next beat()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})   # held by the forkserver we come from
     env = env or ChildEnv()
+    keep_freed_memory()
     if env.heartbeat is not None:
         _die_with_parent(env.supervisor)
     setup_logging(log_setup)

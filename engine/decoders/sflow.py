@@ -6,9 +6,10 @@ Steps, each one numpy pass over the batch (no Python per sample):
 1. datagram headers (version 5, IPv4 or IPv6 agent address, sub-agent, sequence, sample count);
 2. samples, walked in lock-step over all datagrams (sflow_walk.walk_items);
 3. flow samples (compact 1, expanded 3): their fixed fields, then their records, walked in lock-step;
-4. records by type (sflow_records): sampled headers parsed at fixed offsets (packet_headers), IPv4/IPv6
-   data, extended switch / router / gateway;
+4. records by type (sflow_records): sampled headers parsed layer by layer (packet_headers), IPv4/IPv6
+   data, extended switch / router / gateway, each written into its sample's record (sflow_rows);
 5. one canonical record per flow sample that carries a raw header or IPv4/IPv6 data.
+Fields no consumer reads (DecoderState.wanted) are left zero; counters are always complete.
 Counter samples (2, 4) take a per-sample slow path (sflow_counters) into CounterEvents.
 Unknown sample and record types are skipped by their length and counted; a datagram whose
 lengths overrun it is counted as a decode error and keeps what was decoded before the overrun.
@@ -23,8 +24,9 @@ import numpy as np
 
 from ..schema import IPV4_MAPPED_PREFIX, RECORD_DTYPE
 from .sflow_counters import AgentSeen, decode_counter_sample
-from .sflow_records import PARSE_ORDER, RECORD_PARSERS, sample_columns
-from .sflow_walk import be32, gather_bytes, walk_items
+from .sflow_records import PARSE_ORDER, RECORD_PARSERS
+from .sflow_rows import FlowRows
+from .sflow_walk import be32, column, gather_bytes, walk_items
 from .state import CounterBook, DecoderState
 
 FLOW_SAMPLE, COUNTER_SAMPLE, EXPANDED_FLOW_SAMPLE, EXPANDED_COUNTER_SAMPLE = 1, 2, 3, 4
@@ -79,7 +81,7 @@ def decode_sflow(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, expo
         c.unknown_records += unknown
         if not overrun:         # an overrunning sample's datagram was already counted as broken once
             c.decode_errors += bad
-    records = _flow_samples(buf, s_dgram, s_body, s_len, fmt, agents, arrival_us, counters)
+    records = _flow_samples(buf, s_dgram, s_body, s_len, fmt, agents, arrival_us, counters, state.wanted)
     return records, events
 
 
@@ -107,33 +109,35 @@ def _count_datagrams(agents, exporters, lengths, ok, broken, seq, sub_agent, nsa
     n = len(lengths)
     if n == 0:
         return []
-    per = lambda mask: np.bincount(s_dgram[mask], minlength=n)  # noqa: E731
+
+    def per_datagram(mask):                                     # samples of a kind in each datagram
+        return np.bincount(s_dgram[mask], minlength=n) if mask.any() else 0
+
     good = ok.astype(np.int64)
+    counter_samples = per_datagram((fmt == COUNTER_SAMPLE) | (fmt == EXPANDED_COUNTER_SAMPLE))
+    unknown_samples = per_datagram((fmt == 0) | (fmt > EXPANDED_COUNTER_SAMPLE))
     cols = np.stack([np.ones(n, np.int64), lengths.astype(np.int64), 1 - good + good * broken,
-                     good * nsamples, good * per((fmt == COUNTER_SAMPLE) | (fmt == EXPANDED_COUNTER_SAMPLE)),
-                     good * per(~np.isin(fmt, (1, 2, 3, 4)))])
+                     good * nsamples, good * counter_samples, good * unknown_samples])
     who = np.where(ok[:, None], agents, exporters)          # a bad datagram counts against its sender
-    uniq, first, inverse = np.unique(np.ascontiguousarray(who).view("V16").ravel(), return_index=True,
-                                     return_inverse=True)
-    inverse = inverse.ravel()
-    sums = np.zeros((len(cols), len(uniq)), np.int64)
+    first, inverse = _groups(np.ascontiguousarray(who).view("<u8"))
+    n_agents = len(first)
+    sums = np.zeros((len(cols), n_agents), np.int64)
     for k in range(len(cols)):
-        sums[k] = np.bincount(inverse, weights=cols[k], minlength=len(uniq)).astype(np.int64)
-    gaps = np.zeros(len(uniq), np.int64)
+        sums[k] = np.bincount(inverse, weights=cols[k], minlength=n_agents).astype(np.int64)
+    gaps = np.zeros(n_agents, np.int64)
     firsts: list[tuple[int, AgentSeen]] = []
     good_idx = np.flatnonzero(ok)
     if len(good_idx):
-        key_bytes = np.zeros((len(good_idx), 20), np.uint8)
-        key_bytes[:, :16] = agents[good_idx]
-        key_bytes[:, 16:] = sub_agent[good_idx].astype(">u4").view(np.uint8).reshape(-1, 4)
-        kuniq, kfirst, kinv = np.unique(key_bytes.view("V20").ravel(), return_index=True, return_inverse=True)
-        kinv = kinv.ravel()
+        keys = np.empty((len(good_idx), 3), np.uint64)          # (agent, sub-agent)
+        keys[:, :2] = np.ascontiguousarray(agents[good_idx]).view("<u8")
+        keys[:, 2] = sub_agent[good_idx]
+        kfirst, kinv = _groups(keys)
         order = np.argsort(kinv, kind="stable")              # by key, datagram order within a key
         sk, ss = kinv[order], seq[good_idx][order].astype(np.int64)
         jump = (sk[1:] == sk[:-1]) & (ss[1:] != ((ss[:-1] + 1) & 0xFFFFFFFF))
-        key_agent = inverse[good_idx[kfirst]]                   # each key's agent row in uniq
+        key_agent = inverse[good_idx[kfirst]]                   # each key's agent group
         np.add.at(gaps, key_agent[sk[1:][jump]], 1)
-        last = np.zeros(len(kuniq), np.int64)
+        last = np.zeros(len(kfirst), np.int64)
         ends = np.flatnonzero(np.append(sk[1:] != sk[:-1], True))
         last[sk[ends]] = ss[ends]                               # the latest sequence number of each key
         first_seq = seq[good_idx[kfirst]].astype(np.int64)
@@ -159,73 +163,89 @@ def _count_datagrams(agents, exporters, lengths, ok, broken, seq, sub_agent, nsa
     return firsts
 
 
-def _flow_samples(buf, s_dgram, s_body, s_len, fmt, agents, arrival_us, counters) -> np.ndarray:
-    compact = fmt == FLOW_SAMPLE
+def _flow_samples(buf, s_dgram, s_body, s_len, fmt, agents, arrival_us, counters, wanted) -> np.ndarray:
+    """One canonical record per flow sample (compact or expanded) that carries a raw header or IPv4/IPv6
+    data; counts the samples' short or unknown records and the flows and frame bytes per agent."""
     expanded = fmt == EXPANDED_FLOW_SAMPLE
-    min_len = np.where(compact, 32, 44)
-    flow = (compact | expanded) & (s_len >= min_len)
-    for d in s_dgram[(compact | expanded) & ~flow].tolist():
+    flow_like = (fmt == FLOW_SAMPLE) | expanded
+    flow = flow_like & (s_len >= 32 + 12 * expanded)           # the fixed part: 32 bytes, expanded 44
+    for d in s_dgram[flow_like & ~flow].tolist():
         counters[bytes(agents[d])].decode_errors += 1
     idx = np.flatnonzero(flow)
     m = len(idx)
     if m == 0:
         return np.zeros(0, RECORD_DTYPE)
-    body, blen, dgram, exp = s_body[idx], s_len[idx], s_dgram[idx], expanded[idx]
-    rate = np.where(exp, be32(buf, body + 12), be32(buf, body + 8))
-    in_iface = np.where(exp, be32(buf, body + 28), be32(buf, body + 20))
-    out_iface = np.where(exp, be32(buf, body + 36), be32(buf, body + 24))
-    nrec = np.where(exp, be32(buf, body + 40), be32(buf, body + 28)).astype(np.int64)
-    rstart = body + np.where(exp, 44, 32)
-    r_sample, r_body, r_type, r_len, broken = walk_items(buf, rstart, body + blen, nrec)
-    cols = sample_columns(m)
-    known = np.zeros(len(r_type), bool)
+    body, blen, dgram = s_body[idx], s_len[idx], s_dgram[idx]
+    exp = expanded[idx]
+    any_expanded = bool(exp.any())
+    fixed = gather_bytes(buf, body, 44 if any_expanded else 32)
+
+    def field(compact_at: int, expanded_at: int) -> np.ndarray:   # expanded: source id, interfaces 8 bytes
+        if not any_expanded:
+            return column(fixed, compact_at, ">u4").astype(np.uint32)
+        return np.where(exp, column(fixed, expanded_at, ">u4"), column(fixed, compact_at, ">u4")).astype(np.uint32)
+
+    rows = FlowRows(m, wanted)
+    rows.put("sampling_rate", None, field(8, 12))
+    if rows.want("in_iface"):
+        rows.put("in_iface", None, field(20, 28))
+    if rows.want("out_iface"):
+        rows.put("out_iface", None, field(24, 36))
+    rows.put("peer_src_ip", None, agents[dgram])
+    rows.put("ts_arrival", None, arrival_us[dgram])
+    for name, value in (("packets", 1), ("flows", 1), ("export_proto_version", SFLOW_VERSION)):
+        rows.put(name, None, value)
+    rows.put("peer_dst_missing", None, 1, always=True)     # until an extended gateway record says otherwise
+    nrec = field(28, 40).astype(np.int64)
+    r_sample, r_body, r_type, r_len, broken = walk_items(buf, body + np.where(exp, 44, 32), body + blen, nrec)
     bad_records = np.zeros(m, np.int64)
+    known = 0
     for rtype in PARSE_ORDER:
         sel = r_type == rtype
-        known |= sel
-        if sel.any():
-            short = RECORD_PARSERS[rtype](cols, buf, r_sample[sel], r_body[sel], r_len[sel])
-            if short.any():                                  # counted on the agent of each broken record's sample
-                np.add.at(bad_records, r_sample[sel][short], 1)
-    unknown_per_sample = np.bincount(r_sample[~known], minlength=m)
+        count = int(np.count_nonzero(sel))
+        if count == 0:
+            continue
+        known += count
+        of_type = (r_sample, r_body, r_len) if count == len(sel) else (r_sample[sel], r_body[sel], r_len[sel])
+        short = RECORD_PARSERS[rtype](rows, buf, *of_type)
+        if short.any():                                  # counted on the agent of each broken record's sample
+            np.add.at(bad_records, of_type[0][short], 1)
+    unknown_per_sample = (np.bincount(r_sample[~np.isin(r_type, PARSE_ORDER)], minlength=m)
+                          if known < len(r_type) else np.zeros(m, np.int64))
     per_agent_bad = broken.astype(np.int64) + bad_records
     for s in np.flatnonzero(per_agent_bad | unknown_per_sample).tolist():
         c = counters[bytes(agents[dgram[s]])]
         c.decode_errors += int(per_agent_bad[s])
         c.unknown_records += int(unknown_per_sample[s])
-    keep = np.flatnonzero(cols["has_flow"])
-    out = np.zeros(len(keep), RECORD_DTYPE)
+    keep = np.flatnonzero(rows.has_flow)
+    out = rows.records()
+    if len(keep) < m:                       # whole records, copied as opaque bytes (not field by field)
+        out = out.view(np.dtype((np.void, RECORD_DTYPE.itemsize)))[keep].view(RECORD_DTYPE)
     d = dgram[keep]
-    for name in ("bytes", "src_mac", "dst_mac", "etype", "family", "src_host", "dst_host", "proto", "tos",
-                 "src_port", "dst_port", "tcp_flags", "ip_next_hop", "src_mask", "dst_mask", "peer_dst_ip",
-                 "src_as", "dst_as", "peer_src_as", "peer_dst_as"):
-        out[name] = cols[name][keep]
-    # an extended switch record decides the vlan (its incoming VLAN, else the outgoing one, even 0), as sfacctd
-    # (which reads the records in order: the switch record, after the raw header, overwrites the header's tag)
-    out["vlan"] = np.where(cols["has_switch"][keep], cols["switch_vlan"][keep], cols["vlan"][keep])
-    out["peer_dst_missing"] = ~cols["has_gateway"][keep]     # sfacctd prints no next hop then, even for IPv6
-    out["packets"] = 1
-    out["flows"] = 1
-    out["sampling_rate"] = rate[keep]
-    out["in_iface"] = in_iface[keep]
-    out["out_iface"] = out_iface[keep]
-    out["peer_src_ip"] = agents[d]
-    out["ts_arrival"] = arrival_us[d]
-    out["export_proto_version"] = SFLOW_VERSION
     per_dgram = np.bincount(d, minlength=len(agents))
-    frames = np.bincount(dgram, weights=cols["frame_length"], minlength=len(agents))
-    rows = np.flatnonzero(per_dgram | (frames > 0))
-    if len(rows):                               # summed per agent: Python once per agent, not per datagram
-        uniq, first, inverse = np.unique(np.ascontiguousarray(agents[rows]).view("V16").ravel(),
-                                         return_index=True, return_inverse=True)
-        inverse = inverse.ravel()
-        flows = np.bincount(inverse, weights=per_dgram[rows], minlength=len(uniq))
-        frame_bytes = np.bincount(inverse, weights=frames[rows], minlength=len(uniq))
+    frames = np.bincount(dgram, weights=rows.frame_length, minlength=len(agents))
+    rows_seen = np.flatnonzero(per_dgram | (frames > 0))
+    if len(rows_seen):                          # summed per agent: Python once per agent, not per datagram
+        first, inverse = _groups(np.ascontiguousarray(agents[rows_seen]).view("<u8"))
+        flows = np.bincount(inverse, weights=per_dgram[rows_seen], minlength=len(first))
+        frame_bytes = np.bincount(inverse, weights=frames[rows_seen], minlength=len(first))
         for k in np.argsort(first).tolist():
-            c = counters[bytes(agents[rows[first[k]]])]
+            c = counters[bytes(agents[rows_seen[first[k]]])]
             c.flows += int(flows[k])
             c.frame_bytes += int(frame_bytes[k])
     return out
+
+
+def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of equal keys ((n, w) uint64): (first row of each group, group of each row); groups in key order."""
+    n = len(keys)
+    order = np.lexsort(keys.T[::-1])                        # stable: equal keys keep their row order
+    ordered = keys[order]
+    starts = np.ones(n, bool)
+    starts[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    inverse = np.empty(n, np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    return order[starts], inverse
 
 
 def agent_text(agent16: bytes) -> str:
