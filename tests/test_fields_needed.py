@@ -5,6 +5,7 @@ aggregated rows of decoding everything, for every aggregation, on real captures.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,37 @@ def test_projection_gives_the_rows_of_a_full_decode(aggregate, batches, full_rec
     filled = {n for n in skipped if projected[n].any()}
     assert skipped and filled <= {"direction"}           # the others were really skipped (vlan reads direction)
     assert _rows(config, projected) == _rows(config, full_records)
+
+
+# -- sFlow: the same, on every sFlow capture -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sflow_batches() -> list[PacketBatch]:
+    files = sorted((CAPTURES / "sflow").rglob("*.pcap*"))
+    if not files:
+        pytest.skip("no sFlow captures")
+    udp = [(p.payload, p.src, p.ts_us) for f in files for p in iter_udp(str(f))]
+    # the captures hold ~50 flow samples: add generated ones (IPv4 and IPv6, several agents)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "perf"))
+    from traffic import TrafficSpec, draw_flows, exporter_ip, sflow_datagrams
+    from engine.decoders.batch import exporter_bytes
+    spec = TrafficSpec("sflow", 3000, exporters=3, ipv6_share=0.3, unix_secs=1_700_000_000)
+    udp += [(d, exporter_bytes(exporter_ip(e)), 1_700_000_000_000_000)
+            for e, d in sflow_datagrams(spec, draw_flows(spec))]
+    return [PacketBatch.from_packets(udp[i:i + 64]) for i in range(0, len(udp), 64)]
+
+
+@pytest.mark.parametrize("aggregate", AGGREGATIONS)
+def test_sflow_projection_gives_the_rows_of_a_full_decode(aggregate, sflow_batches):
+    from engine.decoders import decode_sflow_batch
+    config = cfg(f"plugins: print[p]\naggregate: {aggregate}\n")
+    wanted = needed_fields(config)
+    full_state, state = DecoderState(), DecoderState()
+    state.wanted = wanted
+    full = np.concatenate([decode_sflow_batch(b, full_state).records for b in sflow_batches])
+    projected = np.concatenate([decode_sflow_batch(b, state).records for b in sflow_batches])
+    assert len(projected) == len(full) > 3000
+    for name in wanted:
+        assert np.array_equal(projected[name], full[name]), name
+    assert any(full[n].any() and not projected[n].any() for n in RECORD_DTYPE.names if n not in wanted)
+    assert _rows(config, projected) == _rows(config, full)
