@@ -175,6 +175,82 @@ def test_hash_table_spills_to_sorted_partials_and_back(monkeypatch, weak_hash):
     assert agg.collisions > 0 or not weak_hash
 
 
+def _fold_reference(words: np.ndarray, counts: np.ndarray) -> tuple[list, dict]:
+    """Plain Python: keys in the order they first appear, and key -> [sums of rows 0-2, OR of row 3]."""
+    sums: dict = {}
+    for i, key in enumerate(map(bytes, words)):
+        acc = sums.setdefault(key, [0] * counts.shape[0])
+        for j in range(counts.shape[0]):
+            acc[j] = acc[j] + int(counts[j, i]) if j < 3 else acc[j] | int(counts[j, i])
+    return list(sums), sums
+
+
+HASHES = {
+    "real": lambda words: aggmod._hash_words(words),
+    "low-bits": lambda words: words[:, 0] & np.uint64(0xFFFF),         # high bits all zero: one sorted run
+    "few-values": lambda words: (words[:, 0] % np.uint64(5)) << np.uint64(61),     # distinct keys share hashes
+    "constant": lambda words: np.zeros(len(words), np.uint64),
+}
+
+
+@pytest.mark.parametrize("hash_name", list(HASHES))
+@pytest.mark.parametrize("n,distinct,width", [(1, 1, 1), (2, 1, 3), (3000, 40, 1), (3000, 2500, 3), (20000, 9000, 7)])
+def test_fold_groups_exactly_whatever_the_hash(hash_name, n, distinct, width):
+    rng = np.random.default_rng(n + width)
+    pool = rng.integers(0, 2**63, (distinct, width), dtype=np.int64).view(np.uint64)
+    pool[:, 0] &= np.uint64(0xFF)                   # small first words: weak hashes collide often
+    words = pool[rng.integers(0, distinct, n)]
+    counts = rng.integers(0, 2**40, (4, n), dtype=np.int64).view(np.uint64)
+    counts[2] = 1
+    h = HASHES[hash_name](words)
+    out_words, out_counts, out_h, collided = aggmod.fold(words, counts, h)
+    order, sums = _fold_reference(words, counts)
+    assert [bytes(w) for w in out_words] == order                 # one row per key, first-arrival order
+    assert {bytes(w): c.tolist() for w, c in zip(out_words, out_counts.T)} == sums
+    assert out_h.tolist() == HASHES[hash_name](out_words).tolist()
+    if hash_name in ("few-values", "constant") and len(sums) > 1:
+        assert collided
+    order, starts, _ = aggmod.group(words.view(f"V{8 * width}").ravel().view(
+        np.dtype([("k", "u8", (width,))])))
+    assert sorted(order.tolist()) == list(range(n))               # a permutation ...
+    groups = np.split(order, starts[1:])
+    assert len(groups) == len(sums)
+    for rows in groups:                                           # ... of whole groups, rows in arrival order
+        assert len({bytes(words[r]) for r in rows}) == 1 and rows.tolist() == sorted(rows.tolist())
+
+
+def test_key_table_ids_follow_first_arrival_with_duplicates_in_a_batch():
+    from engine.plugins.keytable import KeyTable
+    rng = np.random.default_rng(5)
+    dtype = np.dtype([("k", "u8", (2,))])
+    pool = rng.integers(0, 2**63, (3000, 2), dtype=np.int64).view(np.uint64)
+    table, dense = KeyTable(dtype, 3, 0), {}
+    for batch in range(6):                          # grows past its first capacity, rebuilding its slots
+        words = pool[rng.integers(0, 300 + 500 * batch, 2000)]
+        keys = np.ascontiguousarray(words).view(dtype).ravel()
+        ids, collided = table.index(keys, aggmod._hash_words(words))
+        assert collided is None
+        expected = [dense.setdefault(bytes(w), len(dense)) for w in words]
+        assert ids.tolist() == expected
+    assert len(table) == len(dense)
+    keys, _ = table.rows()
+    assert [bytes(k) for k in keys] == list(dense)
+
+
+def test_high_cardinality_spills_before_the_table_grows(monkeypatch):
+    """Batches of mostly new keys that would outgrow a new table's room go to sorted partials at once."""
+    monkeypatch.setattr(aggmod, "HASH_TABLE_MIN_ROWS", 2048)
+    records = random_records(6000, seed=5)
+    records["src_port"] = np.arange(6000) % 5000                  # ~5000 keys, most batches all new
+    aggregate = ("src_host", "src_port", "tcpflags")
+    agg = Aggregator(PluginConfig(name="t", type="print", aggregate=aggregate), CoreConfig())
+    for i in range(0, len(records), 1000):
+        agg.add(records[i:i + 1000])
+        assert (agg._table is None) == (i >= 2000)                # room for two batches, not three
+    rows = agg.purge()
+    assert ours(rows, aggregate) == reference(records, aggregate)
+
+
 def test_counters_are_exact_uint64():
     r = empty(3)
     r["bytes"] = [2**63, 2**62, 12345]

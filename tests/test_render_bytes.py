@@ -7,11 +7,13 @@ same text for every primitive, output format and option.
 from __future__ import annotations
 
 import dataclasses
+import socket
 
 import numpy as np
 import pytest
 
 from engine.config.tree import CoreConfig, PluginConfig
+from engine.plugins import render_bytes
 from engine.plugins.aggregate import Aggregator
 from engine.plugins.print_plugin import LineFormat
 from engine.schema import IPV4_MAPPED_PREFIX, PRIMITIVES, empty
@@ -109,3 +111,54 @@ def test_labels_and_empty_chunks():
     plugin, rows = rows_of(r, ("label",))
     fmt = LineFormat(dataclasses.replace(plugin, output="json"))
     assert len(fmt.lines(rows)) == 4 and fmt.lines(rows) == fmt.template_lines(rows)
+
+
+EDGES = sorted({0, 1, 9, 10, 99, 100, 255, 256, 999, 1000, 9999, 10000, 10001, 65535, 65536, 99999999, 10**8,
+                10**8 + 1, 2**32 - 1, 2**32, 10**12, 10**16 - 1, 10**16, 2**63, 10**19, 2**64 - 1}
+               | {10**k - 1 for k in range(1, 20)} | {10**k for k in range(20)})
+
+
+@pytest.mark.parametrize("dtype", ["u1", "u2", "u4", "u8", "i8"])
+def test_decimal_prints_what_str_prints(dtype):
+    info = np.iinfo(dtype)
+    values = np.array([v for v in EDGES if v <= info.max], dtype=dtype)
+    values = np.concatenate([values, np.random.default_rng(1).integers(0, info.max, 5000, dtype=dtype,
+                                                                       endpoint=True)])
+    text = render_bytes.block_bytes([render_bytes.decimal(values)], len(values)).decode()
+    assert text == "".join(f"{v}\n" for v in values.tolist())
+
+
+def test_dotted_prints_what_inet_ntoa_prints():
+    rng = np.random.default_rng(2)
+    quads = rng.integers(0, 256, (20000, 4), dtype=np.uint8)
+    quads[:6] = [[0, 0, 0, 0], [255, 255, 255, 255], [1, 2, 3, 4], [100, 10, 1, 0], [9, 99, 199, 255], [0, 0, 0, 1]]
+    addr16 = np.zeros((len(quads), 16), np.uint8)
+    addr16[:, 12:] = quads
+    keys = np.zeros(len(quads), np.dtype([("pad", "u1", (8,)), ("addr", "u1", (16,)), ("x", "u8")]))
+    keys["addr"] = addr16                        # a strided key column, as the aggregator hands it over
+    expected = "".join(socket.inet_ntoa(q.tobytes()) + "\n" for q in quads)
+    for column in (quads, addr16[:, 12:], keys["addr"][:, 12:]):
+        assert render_bytes.block_bytes([render_bytes.dotted(column)], len(quads)).decode() == expected
+
+
+def test_block_bytes_trims_columns_and_keeps_constants():
+    n = 5
+    absent = np.zeros((n, 3), np.uint64)                        # no text in any row: no bytes at all
+    wide = np.zeros((n, 2), np.uint64)
+    wide.view(np.uint8)[:, 9] = np.frombuffer(b"abcde", np.uint8)  # one byte used in the middle of 16
+    pieces = [b"<", absent, b"|", wide, b"", render_bytes.decimal(np.arange(n, dtype=np.uint64) * 1000), b">"]
+    got = render_bytes.block_bytes(pieces, n)
+    assert got == b"".join(f"<|{c}{i * 1000}>\n".encode() for i, c in enumerate("abcde"))
+    assert render_bytes.block(pieces, n) == got.decode()
+    assert render_bytes.block_bytes(pieces, 0) == b""
+
+
+def test_writer_on_a_text_only_stdout(monkeypatch, records):
+    import io
+    from engine.plugins.print_plugin import PrintWriter
+    plugin, rows = rows_of(records[:50], ("src_host", "proto"), output="csv")
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stdout", stream)
+    assert PrintWriter(plugin, CoreConfig()).write(rows) == len(rows)
+    fmt = LineFormat(plugin)
+    assert stream.getvalue() == fmt.title(rows.primitives, rows.with_flows) + "\n" + fmt.block(rows)

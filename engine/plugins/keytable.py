@@ -37,6 +37,11 @@ class KeyTable:
         return self.count
 
     @property
+    def capacity(self) -> int:
+        """Entries that fit without growing (storage, slots at most half full)."""
+        return min(self.words_cm.shape[1], len(self._slot_id) // 2)
+
+    @property
     def nbytes(self) -> int:
         return (self.words_cm.nbytes + self.hashes.nbytes + self.counts.nbytes + self._slot_id.nbytes
                 + self._slot_hash.nbytes)
@@ -85,9 +90,10 @@ class KeyTable:
             h, ids = h[keep], ids[keep]
             slot = (slot[keep] + np.uint64(1)) & self._mask     # every remaining slot is taken now
 
-    def _grow(self, rows: int) -> None:
+    def _reserve(self, rows: int) -> None:
+        """Room for `rows` entries: storage grown 2x or more at a time, slots rebuilt a quarter full."""
         if rows > self.words_cm.shape[1]:
-            cap = _pow2(rows)
+            cap = _pow2(2 * rows)
             words = np.zeros((self.words, cap), dtype=np.uint64)
             words[:, :self.count] = self.words_cm[:, :self.count]
             hashes = np.zeros(cap, dtype=np.uint64)
@@ -99,23 +105,51 @@ class KeyTable:
             self._alloc_slots(_pow2(4 * rows))
             self._place(self.hashes[:self.count], np.arange(self.count))
 
-    def index(self, keys: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def _insert(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slots for hashes absent from the table, duplicates among them included: (first, ids): the
+        rows of h that become entries (first occurrence of each hash, in order) and every row's new id.
+
+        Rows claim free slots under provisional ids (-2 - row; rows with equal hashes probe the same
+        slots together, and the scatter, written in reverse, leaves the earliest); a row whose probed
+        slot then holds its hash is done (it won the slot, or an equal hash did); the others probe on.
+        No sorting."""
+        m = len(h)
+        self._reserve(self.count + m)
+        slot = h & self._mask
+        todo = np.arange(m)
+        home = np.empty(m, dtype=np.uint64)             # the slot each row's hash ends up in
+        while len(todo):
+            cand = np.flatnonzero(self._slot_id.take(slot) == EMPTY)[::-1]    # the earliest row written last
+            if len(cand):
+                self._slot_id[slot[cand]] = -2 - todo[cand]
+                won = cand[self._slot_id.take(slot[cand]) == -2 - todo[cand]]
+                self._slot_hash[slot[won]] = h.take(todo[won])
+            done = self._slot_hash.take(slot) == h.take(todo)
+            done &= self._slot_id.take(slot) < EMPTY          # a provisional entry of this batch
+            home[todo[done]] = slot[done]
+            more = ~done
+            todo, slot = todo[more], (slot[more] + np.uint64(1)) & self._mask
+        winner = -2 - self._slot_id.take(home).astype(np.int64)    # the row that holds each row's slot
+        first = np.flatnonzero(winner == np.arange(m))
+        fresh = np.arange(self.count, self.count + len(first))
+        self._slot_id[home.take(first)] = fresh
+        dense = np.empty(m, dtype=np.int64)
+        dense[first] = fresh
+        self.hashes[self.count:self.count + len(first)] = h.take(first)
+        self.count += len(first)
+        return first, dense.take(winner)
+
+    def index(self, keys: np.ndarray, h: np.ndarray, ids: Optional[np.ndarray] = None
+              ) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """(row ids, collided): ids of every key, inserting new ones; collided marks rows (id -1) whose
-        hash belongs to a different key (None when there are none)."""
+        hash belongs to a different key (None when there are none).  ids: find(h), when known."""
         words = keys.view(np.uint64).reshape(len(keys), self.words)
-        ids = self.find(h)
+        ids = self.find(h) if ids is None else ids
         new = np.flatnonzero(ids == EMPTY)
         if len(new):
-            uniq, first, inverse = np.unique(h.take(new), return_index=True, return_inverse=True)
             start = self.count
-            self._grow(start + len(uniq))
-            rows = new.take(first)
-            self.words_cm[:, start:start + len(uniq)] = words.take(rows, axis=0).T
-            self.hashes[start:start + len(uniq)] = uniq
-            self.count += len(uniq)
-            fresh = np.arange(start, self.count)
-            self._place(uniq, fresh)
-            ids[new] = fresh.take(inverse.ravel())
+            first, ids[new] = self._insert(h.take(new))
+            self.words_cm[:, start:self.count] = words.take(new.take(first), axis=0).T
         bad = words[:, 0] != self.words_cm[0].take(ids)
         for j in range(1, self.words):
             bad |= words[:, j] != self.words_cm[j].take(ids)

@@ -119,8 +119,14 @@ def ipv6_text_slow(addr16: np.ndarray) -> list[str]:
     return _by_unique(addr16, lambda uniq: [socket.inet_ntop(socket.AF_INET6, bytes(v)) for v in uniq])
 
 
-def _is_mapped(addr16: np.ndarray) -> np.ndarray:
-    return np.all(addr16[:, :12] == np.frombuffer(IPV4_MAPPED_PREFIX, np.uint8), axis=1)
+_MAPPED_WORD1 = np.frombuffer(IPV4_MAPPED_PREFIX[8:] + bytes(4), "<u8")[0]     # bytes 8-11 of ::ffff:0:0
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def address_words(addr16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 16) uint8 addresses -> their two 8-byte halves as little-endian uint64 (cheap to compare)."""
+    words = addr16.view("<u8") if addr16.strides[-1] == 1 else np.ascontiguousarray(addr16).view("<u8")
+    return words[:, 0], words[:, 1]             # a view of a key column: no copy
 
 
 def _address_text(addr16: np.ndarray, as_v4: np.ndarray, as_v6: np.ndarray, absent: str) -> list[str]:
@@ -153,8 +159,11 @@ def peer_text(addr16: np.ndarray, absent: str = "", flow_family: Optional[np.nda
 def peer_forms(addr16: np.ndarray, flow_family: Optional[np.ndarray] = None,
                missing: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """(dotted, IPv6 text) masks of peer_text's addresses; rows in neither are absent."""
-    as_v4 = _is_mapped(addr16)
-    as_v6 = ~as_v4 & np.any(addr16, axis=1)
+    high, low = address_words(addr16)
+    as_v4 = (high == 0) & ((low & _LOW32) == _MAPPED_WORD1)
+    if flow_family is None and as_v4.all():     # the common case: IPv4 exporters
+        return as_v4, np.zeros(len(as_v4), dtype=bool)
+    as_v6 = ~as_v4 & ((high | low) != 0)
     if flow_family is not None:
         v6_flow = flow_family == 6
         if missing is not None:
