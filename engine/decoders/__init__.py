@@ -47,13 +47,23 @@ def decode_batch(batch: PacketBatch, state: DecoderState) -> DecodeResult:
     exporters = np.asarray(batch.exporters, dtype=np.uint8).reshape(n, 16)
     arrival = np.asarray(batch.arrival_us, dtype=np.int64)
     buf = batch.buf
-    inside = (offsets >= 0) & (lengths >= 0) & (offsets + lengths <= len(buf))
-    lengths = np.where(inside, lengths, 0)
-    offsets = np.where(inside, offsets, 0)
-    version = np.zeros(n, dtype=np.int64)
-    has_version = lengths >= 2
-    version[has_version] = (buf[offsets[has_version]].astype(np.int64) << 8) | buf[offsets[has_version] + 1]
-
+    if len(buf) >= 2 and int(offsets.min()) >= 0 and int(lengths.min()) >= 2 and \
+            int((offsets + lengths).max()) <= len(buf):            # every packet in the buffer, with a version
+        version = np.ndarray((len(buf) - 1,), _BE16, buf, 0, (1,))[offsets]
+        v0 = int(version[0])
+        if v0 in (1, 5, 9, 10) and (version == v0).all():     # the usual batch: one version, no selection
+            if v0 in (1, 5):
+                parts = [decode_v5_packets(buf, offsets, lengths, exporters, arrival, v0, state, counters)]
+            else:
+                parts = TemplatePacketDecoder(state, counters, learnt).decode(
+                    buf, offsets, lengths, exporters, arrival, version.astype(np.int64), only=v0)
+            return DecodeResult(_join(parts), learnt, dict(counters))
+    inside = offsets + lengths <= len(buf)
+    inside &= (offsets | lengths) >= 0
+    if not inside.all():
+        lengths = np.where(inside, lengths, 0)
+        offsets = np.where(inside, offsets, 0)
+    version = _versions(buf, offsets, lengths)
     parts = []
     for v in (5, 1):
         sel = np.flatnonzero(version == v)
@@ -70,9 +80,23 @@ def decode_batch(batch: PacketBatch, state: DecoderState) -> DecodeResult:
         c.packets += 1
         c.bytes += int(lengths[i])
         c.decode_errors += 1
+    return DecodeResult(_join(parts), learnt, dict(counters))
+
+
+_BE16 = np.dtype(">u2")
+
+
+def _versions(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The first 16-bit word of every packet (0 for packets shorter than 2 bytes)."""
+    version = np.zeros(len(offsets), dtype=np.int64)
+    has_version = lengths >= 2
+    version[has_version] = (buf[offsets[has_version]].astype(np.int64) << 8) | buf[offsets[has_version] + 1]
+    return version
+
+
+def _join(parts: list) -> np.ndarray:
     parts = [p for p in parts if len(p)]
-    records = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, RECORD_DTYPE))
-    return DecodeResult(records, learnt, dict(counters))
+    return np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, RECORD_DTYPE))
 
 
 def decode_sflow_batch(batch: PacketBatch, state: DecoderState) -> DecodeResult:

@@ -31,11 +31,12 @@ Where we deliberately differ from nfacctd 1.7.7:
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..schema import IPV4_MAPPED_PREFIX
+from ..schema import IPV4_MAPPED_PREFIX, RECORD_DTYPE
 
 
 @dataclass(frozen=True)
@@ -140,32 +141,9 @@ def spec_for(ie: int, pen: int, length: int) -> IeSpec | None:
 # -- conversion helpers shared by the decoders ---------------------------------------------
 
 _MAPPED = np.frombuffer(IPV4_MAPPED_PREFIX, dtype=np.uint8)
-
-
-def record_starts(set_starts: np.ndarray, counts: np.ndarray, rec_len: int) -> np.ndarray:
-    """Byte offset of every record: set i holds counts[i] records of rec_len bytes from set_starts[i]."""
-    counts = counts.astype(np.int64, copy=False)
-    total = int(counts.sum())
-    first = np.cumsum(counts) - counts                       # index of each set's first record
-    within = np.arange(total, dtype=np.int64) - np.repeat(first, counts)
-    return np.repeat(set_starts.astype(np.int64, copy=False), counts) + within * rec_len
-
-
-def gather_records(buf: np.ndarray, set_starts: np.ndarray, counts: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """All records of all sets as one array of `dtype` (whose itemsize is the record length).
-
-    The buffer is viewed as overlapping records starting at every byte (stride 1),
-    so one fancy index with the record start offsets copies every record at once.
-    """
-    dtype = np.dtype(dtype)
-    rec_len = dtype.itemsize
-    starts = record_starts(np.asarray(set_starts), np.asarray(counts), rec_len)
-    positions = len(buf) - rec_len + 1
-    if len(starts) == 0 or positions <= 0:
-        return np.zeros(len(starts), dtype=dtype)
-    # gather as opaque bytes (a plain memcpy per record), then reinterpret as the record dtype
-    every_byte = np.ndarray(shape=(positions,), dtype=np.dtype((np.void, rec_len)), buffer=buf, strides=(1,))
-    return every_byte[starts].view(dtype)
+CHUNK_RECORDS = 2048        # RecordPlan.fill writes this many records at a time (≈ 0.5 MB: stays in cache)
+VALUE_RECORDS = 16384       # … and computes their values this many records at a time
+PROTO_BLOCK = 64            # prototype records copied at once
 
 
 def uint_values(col: np.ndarray) -> np.ndarray:
@@ -206,6 +184,15 @@ def record_view(out: np.ndarray, column: str, at: int, fmt: str) -> np.ndarray:
     return out.view(dt)["v"]
 
 
+def field_view(records: np.ndarray, offset: int, fmt: np.dtype) -> np.ndarray:
+    """The bytes at `offset` of every record of a contiguous array, as one `fmt` value per record."""
+    return np.ndarray((len(records),), fmt, records, offset, (records.itemsize,))
+
+
+U2, U4, U8, I8 = (np.dtype(f) for f in ("<u2", "<u4", "<u8", "<i8"))
+_BYTES = np.dtype(np.uint8)
+
+
 def raw_u32(col: np.ndarray) -> np.ndarray:
     """4 address bytes per record ((n, 4) uint8, maybe a strided field) as one native uint32 holding those bytes."""
     return np.ascontiguousarray(col).view(np.uint32).reshape(len(col))
@@ -220,29 +207,260 @@ def set_ipv4_mapped(out: np.ndarray, column: str, value: np.ndarray, rows=None) 
         out[column][rows] = ipv4_mapped(value[rows])
 
 
-def set_address(out: np.ndarray, column: str, value) -> None:
-    """column = value: one 16-byte address (broadcast) or (n, 16) bytes."""
-    v = np.ascontiguousarray(value, dtype=np.uint8).view("<u8")
-    record_view(out, column, 0, "<u8")[...] = v[..., 0]
-    record_view(out, column, 8, "<u8")[...] = v[..., 1]
+def fill_rows(out: np.ndarray, block: np.ndarray) -> None:
+    """Every record of a contiguous `out` = the record repeated in `block` ((k, itemsize) bytes: k copies)."""
+    n = len(out)
+    k, size = block.shape
+    whole = n // k
+    if whole:
+        np.ndarray((whole, k, size), _BYTES, out)[...] = block
+    if n > whole * k:
+        np.ndarray((n - whole * k, size), _BYTES, out, whole * k * size)[...] = block[:n - whole * k]
 
 
-# -- wire records → canonical records ------------------------------------------------------------
+# -- values records take from their packet ----------------------------------------------------
+
+class PerSet:
+    """Values of each set's packet (by name: an array with one value per set, or one int for all), given
+    per record on demand: a Python int when every set has the same value, else repeated by the sets'
+    record counts."""
+
+    def __init__(self, values: dict, counts: np.ndarray) -> None:
+        self.values, self.counts = values, counts
+        self.window = slice(None)                    # the records being converted (RecordPlan.fill)
+        self._scalars: dict = {}
+        self._records: dict = {}
+
+    def scalar(self, name: str):
+        """The value every set shares, or None."""
+        if name not in self._scalars:
+            v = self.values[name]
+            if isinstance(v, int):
+                self._scalars[name] = v
+            else:
+                self._scalars[name] = int(v[0]) if len(v) == 1 or (v == v[0]).all() else None
+        return self._scalars[name]
+
+    def vary(self, name: str, values: np.ndarray) -> None:
+        """Per-set values known not to be all the same (no need to compare them)."""
+        self.values[name] = values
+        self._scalars[name] = None
+
+    def records(self, name: str, dtype=None):
+        s = self.scalar(name)
+        if s is not None:
+            return s
+        r = self._records.get((name, dtype))
+        if r is None:
+            v = self.values[name]
+            r = self._records[(name, dtype)] = np.repeat(v if dtype is None else v.astype(dtype), self.counts)
+        return r[self.window]
+
+
+# -- wire records → canonical records: a plan per template ---------------------------------------
 
 _PLAIN_COLUMNS = {s.column: s for s in _PLAIN}
+_FALLBACKS = (("bytes", ("fallback:bytes85", "fallback:bytes23")),
+              ("packets", ("fallback:packets86", "fallback:packets24")),
+              ("in_iface", ("fallback:in_iface252",)), ("out_iface", ("fallback:out_iface253",)))
+_FIRST_ROLE = (("peer_dst_ip", ("bgpnexthop:4", "bgpnexthop:mpls4", "bgpnexthop:6")),
+               ("ip_next_hop", ("nexthop:4", "nexthop:6")),
+               ("src_mac", ("mac:src56", "mac:src81")), ("dst_mac", ("mac:dst80", "mac:dst57")))
 
 
-def fill_records(out: np.ndarray, wire: np.ndarray, compiled, version: int, per_record: dict,
-                 time_secs: bool, wanted: frozenset | None = None) -> None:
-    """Convert records viewed as a compiled template's dtype into RECORD_DTYPE columns (vectorised).
+def _offset(column: str) -> int:
+    return RECORD_DTYPE.fields[column][1]
 
-    per_record: int64 arrays "arrival_us", "export_secs", "uptime_ms" (from each record's packet).
+
+class RecordPlan:
+    """How records viewed as one compiled template's wire dtype become RECORD_DTYPE records (vectorised).
+
+    Decided once per (template, version, wanted fields, time_secs): the constants of every record (a
+    prototype record, copied into all of them first: it also zeroes what nothing writes), and the
+    sources of the other fields: wire fields, values computed from them (times), values records take
+    from their packet.  A source that is one value for every record goes into the prototype; the
+    others are written in chunks of CHUNK_RECORDS records, which stay in cache meanwhile (one pass per
+    field).  The choices follow nfacctd 1.7.7 (module docstring).
     """
-    cols = compiled.columns
-    n = len(out)
 
-    def want(column: str) -> bool:
-        return wanted is None or column in wanted
+    def __init__(self, compiled, version: int, wanted, time_secs: bool) -> None:
+        cols = compiled.columns
+        self.wire_dtype = compiled.wire_dtype
+        self.proto = np.zeros(1, dtype=RECORD_DTYPE)
+        # (target: a column name or (byte offset, dtype), value: function(wire, per_set, *args), *args)
+        self.sources: list[tuple] = []
+        self.after: list[tuple] = []              # (function(out, wire, *args), *args) on the whole records
+        self.proto["export_proto_version"] = version
+
+        def want(column: str) -> bool:
+            return wanted is None or column in wanted
+
+        for column in _PLAIN_COLUMNS:
+            if column in cols and (want(column) or (column == "direction" and want("vlan"))):
+                self._copy(column, cols[column])
+        if "flows" not in cols:
+            self.proto["flows"] = 1
+        for column, fallbacks in _FALLBACKS:
+            if column not in cols and want(column):
+                role = next((r for r in fallbacks if r in cols), None)
+                if role is not None:
+                    self.sources.append((column, _uint_field, cols[role][0]))
+        self._from_packet("domain_id", "domain")
+        self._from_packet((_offset("peer_src_ip"), U8), "peer_lo")
+        self._from_packet((_offset("peer_src_ip") + 8, U8), "peer_hi")
+        if want("ts_arrival") or version in (1, 5):                 # v1 / v5: as their decoder always did
+            self._from_packet("ts_arrival", "arrival_us")
+        if version == 5:                                           # from the header (netflow_v5)
+            self._from_packet("sampling_rate", "sampling")
+
+        has8, has27 = "addr:src4" in cols, "addr:src6" in cols
+        if (has8 and has27) or "family:ipversion" in cols:       # the family is decided per record
+            self.after.append((_mixed_families, cols, wanted))
+        else:                                                     # the template alone decides
+            l3 = 4 if has8 else (6 if has27 else 0)
+            self.proto["family"] = l3
+            if "etype" not in cols:
+                self.proto["etype"] = {4: 0x0800, 6: 0x86DD, 0: 0}[l3]
+            for side in ("src", "dst") if l3 else ():
+                for column, role in ((f"{side}_host", f"addr:{side}{l3}"), (f"{side}_mask", f"mask:{side}{l3}")):
+                    if want(column) and role in cols:
+                        self._copy(column, cols[role])
+        for column, roles in _FIRST_ROLE:
+            role = next((r for r in roles if r in cols), None) if want(column) else None
+            if role is not None:
+                self._copy(column, cols[role])
+        if want("vlan"):
+            self.after.append((_vlan, cols, version))
+        for which in ("start", "end"):
+            if want(f"ts_{which}"):
+                source = _time_source(which, cols, version)
+                if source[0] != "zero":
+                    self.sources.append((f"ts_{which}", _flow_time, source, time_secs))
+        self.proto_bytes = self.proto.tobytes()
+        # where a source that is one int for every record goes in the prototype: (byte offset, struct)
+        self.packers = [_packer(target) for target, *_ in self.sources]
+
+    def _from_packet(self, target, name: str) -> None:
+        self.sources.append((target, _packet_value, name))
+
+    def _copy(self, column: str, col: tuple) -> None:
+        """One wire field into one record column, by its kind."""
+        name, width, spec = col
+        at = self.wire_dtype.fields[name][1]
+        if spec.kind == "ipv4":                       # ::ffff: in the prototype, the 4 bytes as one word
+            np.ndarray((1,), U2, self.proto, _offset(column) + 10)[0] = 0xFFFF
+            self._copy_word(_offset(column) + 12, at, U4)
+        elif spec.kind == "ipv6":
+            self._copy_word(_offset(column), at, U8)
+            self._copy_word(_offset(column) + 8, at + 8, U8)
+        elif spec.kind == "mac" or width in (1, 2, 4, 8):
+            # '>uN' fields and MAC bytes are assigned as they are (casting keeps the low bits,
+            # so a 2-byte tcpControlBits keeps its low 8 bits)
+            self.sources.append((column, _field, name))
+        else:                                          # an odd width: through uint64
+            self.sources.append((column, _uint_field, name))
+
+    def _copy_word(self, out_offset: int, wire_offset: int, fmt: np.dtype) -> None:
+        """`fmt`-sized bytes of the wire records into the records, as they are.  Unaligned wire words are
+        read byte-swapped and written swapped back: numpy's swapping loops load unaligned words fast,
+        its plain copy does not."""
+        if wire_offset % fmt.itemsize or self.wire_dtype.itemsize % fmt.itemsize:
+            self.sources.append(((out_offset, fmt.newbyteorder()), _swapped_word, wire_offset, fmt))
+        else:
+            self.sources.append(((out_offset, fmt), _word, wire_offset, fmt))
+
+    def fill(self, wire: np.ndarray, per_set: PerSet) -> np.ndarray:
+        """The records of `wire` (contiguous), with what they take from their packets.
+
+        Values are computed VALUE_RECORDS records at a time and written CHUNK_RECORDS at a time."""
+        n = len(wire)
+        out = np.empty(n, dtype=RECORD_DTYPE)
+        proto = bytearray(self.proto_bytes)
+        block = None
+        for a0 in range(0, n, VALUE_RECORDS):
+            b0 = min(n, a0 + VALUE_RECORDS)
+            per_set.window = slice(a0, b0)
+            w = wire if b0 - a0 == n else wire[a0:b0]
+            writes = []
+            for (target, value, *args), (offset, packer) in zip(self.sources, self.packers):
+                v = value(w, per_set, *args)
+                if type(v) is not int:
+                    writes.append((target, v))
+                elif block is None:                  # the same for every record: into the prototype
+                    packer.pack_into(proto, offset, v)
+            if block is None:
+                k = min(n, PROTO_BLOCK)
+                block = np.frombuffer(bytes(proto) * k, dtype=np.uint8).reshape(k, len(proto))
+            for a in range(a0, b0, CHUNK_RECORDS):
+                b = min(b0, a + CHUNK_RECORDS)
+                chunk = out if b - a == n else out[a:b]
+                fill_rows(chunk, block)
+                for target, v in writes:
+                    if b - a < len(v):
+                        v = v[a - a0:b - a0]
+                    if type(target) is str:
+                        chunk[target] = v
+                    else:
+                        field_view(chunk, *target)[...] = v
+        per_set.window = slice(None)
+        for step in self.after:
+            step[0](out, wire, *step[1:])
+        return out
+
+
+_STRUCTS = {np.dtype(t).str: struct.Struct(f) for t, f in (("u1", "B"), ("<u2", "<H"), ("<u4", "<I"), ("<u8", "<Q"),
+                                                            ("<i8", "<q"))}
+
+
+def _packer(target) -> tuple:
+    """(byte offset, struct) that writes an int into a record at a source's target (struct None: never an int)."""
+    offset, dtype = target if type(target) is tuple else (RECORD_DTYPE.fields[target][1],
+                                                          RECORD_DTYPE.fields[target][0])
+    return offset, _STRUCTS.get(dtype.str)
+
+
+def record_plan(compiled, version: int, wanted, time_secs: bool) -> RecordPlan:
+    """The compiled template's plan for these settings (made once, kept on the template)."""
+    key = (version, wanted, time_secs)
+    plan = compiled.plans.get(key)
+    if plan is None:
+        if len(compiled.plans) >= 16:
+            compiled.plans.clear()
+        plan = compiled.plans[key] = RecordPlan(compiled, version, wanted, time_secs)
+    return plan
+
+
+# -- the sources of a plan (whole arrays of values, or one int for every record) ----------------
+
+def _field(wire, per_set, name: str) -> np.ndarray:
+    return wire[name]
+
+
+def _uint_field(wire, per_set, name: str) -> np.ndarray:
+    return uint_values(wire[name])
+
+
+def _packet_value(wire, per_set: PerSet, name: str):
+    return per_set.records(name)
+
+
+def _word(wire, per_set, offset: int, fmt: np.dtype) -> np.ndarray:
+    return field_view(wire, offset, fmt)
+
+
+def _swapped_word(wire, per_set, offset: int, fmt: np.dtype) -> np.ndarray:
+    """The word's bytes byte-swapped (written through a swapped view: the bytes come back as they were)."""
+    return field_view(wire, offset, fmt.newbyteorder()).astype(fmt)
+
+
+def _vlan(out, wire, cols, version: int) -> None:
+    _fill_vlan(out, cols, lambda role: uint_values(wire[cols[role][0]]), version)
+
+
+def _mixed_families(out, wire, cols, wanted) -> None:
+    """Family, addresses and masks when records of one template differ in family (ipVersion, or both
+    IPv4 and IPv6 addresses in the template)."""
+    n = len(out)
 
     def raw(role):
         return wire[cols[role][0]]
@@ -250,33 +468,12 @@ def fill_records(out: np.ndarray, wire: np.ndarray, compiled, version: int, per_
     def uint(role):
         return uint_values(raw(role))
 
-    for column in _PLAIN_COLUMNS:
-        if column in cols and (want(column) or (column == "direction" and want("vlan"))):
-            field = raw(column)
-            # '>uN' fields and MAC bytes are assigned as they are (casting keeps the low bits,
-            # so a 2-byte tcpControlBits keeps its low 8 bits); odd widths go through uint_values
-            out[column] = field if (field.ndim == 1 or cols[column][2].kind == "mac") else uint_values(field)
-    if "flows" not in cols:
-        out["flows"] = 1
-    for column, fallbacks in (("bytes", ("fallback:bytes85", "fallback:bytes23")),
-                              ("packets", ("fallback:packets86", "fallback:packets24")),
-                              ("in_iface", ("fallback:in_iface252",)), ("out_iface", ("fallback:out_iface253",))):
-        if column not in cols and want(column):
-            role = next((r for r in fallbacks if r in cols), None)
-            if role is not None:
-                out[column] = uint(role)
-    if want("ts_arrival"):
-        out["ts_arrival"] = per_record["arrival_us"]
-
     l3 = _l3_family(cols, raw, uint, n)
     has_v4 = "addr:src4" in cols or "addr:dst4" in cols
     has_v6 = "addr:src6" in cols or "addr:dst6" in cols
-    if np.isscalar(l3):                               # the template alone decides
-        all4, all6 = l3 == 4, l3 == 6
-        if not (all4 or all6):
-            l3 = np.full(n, l3)
-    else:
-        all4, all6 = bool((l3 == 4).all()), bool((l3 == 6).all())
+    if np.isscalar(l3):
+        l3 = np.full(n, l3)
+    all4, all6 = bool((l3 == 4).all()), bool((l3 == 6).all())
     if all4 or all6:                                  # one family: scalar writes, no masks
         out["family"] = (4 if has_v4 else 0) if all4 else (6 if has_v6 else 0)
         if "etype" not in cols:
@@ -289,22 +486,8 @@ def fill_records(out: np.ndarray, wire: np.ndarray, compiled, version: int, per_
             out["etype"] = np.where(is4, 0x0800, np.where(is6, 0x86DD, 0))
     for side in ("src", "dst"):
         for column, role in ((f"{side}_host", "addr"), (f"{side}_mask", "mask")):
-            if want(column):
+            if wanted is None or column in wanted:
                 _fill_by_family(out, column, cols, raw, f"{role}:{side}4", f"{role}:{side}6", is4, is6, all4, all6)
-    for column, roles in (("peer_dst_ip", ("bgpnexthop:4", "bgpnexthop:mpls4", "bgpnexthop:6")),
-                          ("ip_next_hop", ("nexthop:4", "nexthop:6")),
-                          ("src_mac", ("mac:src56", "mac:src81")), ("dst_mac", ("mac:dst80", "mac:dst57"))):
-        role = next((r for r in roles if r in cols), None) if want(column) else None
-        if role is not None:
-            if cols[role][2].kind == "ipv4":
-                set_ipv4_mapped(out, column, raw(role))
-            else:
-                out[column] = raw(role)
-    if want("vlan"):
-        _fill_vlan(out, cols, uint, version)
-    for which in ("start", "end"):
-        if want(f"ts_{which}"):
-            out[f"ts_{which}"] = _flow_time(which, cols, uint, version, per_record, time_secs)
 
 
 def _fill_by_family(out: np.ndarray, name: str, cols, raw, role4: str, role6: str, is4, is6, all4: bool,
@@ -351,19 +534,6 @@ def _fill_vlan(out: np.ndarray, cols, uint, version: int) -> None:
             return
 
 
-def uptime_time_us(export_secs: np.ndarray, uptime: np.ndarray, at: np.ndarray, time_secs: bool) -> np.ndarray:
-    """µs since epoch of a sysUptime-relative time, as nfacctd computes it: whole seconds, 32-bit wrap.
-
-    seconds = (export_secs - ((uptime - at) mod 2^32) // 1000) mod 2^32
-    With time_secs (nfacctd_time_secs) uptime and `at` are taken as seconds.
-    """
-    ago = (uptime - at) & 0xFFFFFFFF
-    if not time_secs:
-        ago *= 274_877_907          # ago // 1000, exact for every 32-bit ago (multiply and shift: no division)
-        ago >>= 38
-    return ((export_secs - ago) & 0xFFFFFFFF) * 1_000_000
-
-
 def _l3_family(cols, raw, uint, n: int) -> np.ndarray | int:
     """4, 6 or 0 per record (an int when the template alone decides): ipVersion if given, else from the
     address fields (nfacctd's choice)."""
@@ -380,35 +550,59 @@ def _l3_family(cols, raw, uint, n: int) -> np.ndarray | int:
     return default
 
 
-def _flow_time(which: str, cols, uint, version: int, per_record: dict, time_secs: bool) -> np.ndarray:
-    """Flow start or end, µs since epoch; precedence as nfacctd 1.7.7 (then the NTP forms it ignores).
+def _time_source(which: str, cols, version: int) -> tuple:
+    """Where flow start or end comes from; precedence as nfacctd 1.7.7 (then the NTP forms it ignores).
 
     start: 22 (uptime; IPFIX needs 160) > 152 > 323 > 150 > 158 (IPFIX) > 154/156 > export time.
     end:   21 (uptime; IPFIX needs 160) > 153 > 151 > 159 (IPFIX) > 155/157 > 0.
-    Uptime-relative times are whole seconds, as nfacctd computes them.
     """
-    export_secs = per_record["export_secs"]
     if f"time:{which}_uptime" in cols:
-        at = uint(f"time:{which}_uptime").astype(np.int64)
-        if version == 9:
-            return uptime_time_us(export_secs, per_record["uptime_ms"], at, time_secs)
+        if version != 10:                             # v9 (and v5 / v1 records): the header's uptime
+            return ("uptime", cols[f"time:{which}_uptime"][0])
         if "time:sysinit_ms" in cols:                 # IPFIX: relative to systemInitTimeMilliseconds
-            init = uint("time:sysinit_ms").astype(np.int64)
-            return (init // 1000 + at // 1000) * 1_000_000
-    elif f"time:{which}_ms" in cols:
-        return uint(f"time:{which}_ms").astype(np.int64) * 1000
-    elif f"time:{which}_observation_ms" in cols:        # 323, start only
-        return uint(f"time:{which}_observation_ms").astype(np.int64) * 1000
-    elif f"time:{which}_s" in cols:
-        return uint(f"time:{which}_s").astype(np.int64) * 1_000_000
-    elif version == 10 and f"time:{which}_delta_us" in cols:
-        return export_secs * 1_000_000 - uint(f"time:{which}_delta_us").astype(np.int64)
-    elif f"time:{which}_ntp_us" in cols or f"time:{which}_ntp_ns" in cols:
-        role = f"time:{which}_ntp_us" if f"time:{which}_ntp_us" in cols else f"time:{which}_ntp_ns"
-        v = uint(role)
-        secs = (v >> np.uint64(32)).astype(np.int64) - NTP_EPOCH_OFFSET
-        frac = (v & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        return secs * 1_000_000 + ((frac * 1_000_000) >> 32)
-    if which == "start":
-        return export_secs * 1_000_000
-    return np.zeros(len(export_secs), dtype=np.int64)
+            return ("sysinit", cols[f"time:{which}_uptime"][0], cols["time:sysinit_ms"][0])
+    else:
+        for role, kind in ((f"time:{which}_ms", "ms"), (f"time:{which}_observation_ms", "ms"),
+                           (f"time:{which}_s", "s")):
+            if role in cols:
+                return (kind, cols[role][0])
+        if version == 10 and f"time:{which}_delta_us" in cols:
+            return ("delta_us", cols[f"time:{which}_delta_us"][0])
+        for role in (f"time:{which}_ntp_us", f"time:{which}_ntp_ns"):
+            if role in cols:
+                return ("ntp", cols[role][0])
+    return ("export",) if which == "start" else ("zero",)
+
+
+def _flow_time(wire, per_set: PerSet, source: tuple, time_secs: bool):
+    """Flow start or end, µs since epoch (an int when it is the same for every record).
+
+    Relative to the header's sysUptime as nfacctd computes it: whole seconds, 32-bit wrap,
+    seconds = (export_secs - ((uptime - at) mod 2^32) // 1000) mod 2^32; with time_secs
+    (nfacctd_time_secs) uptime and `at` are taken as seconds.
+    """
+    kind = source[0]
+    if kind == "export":
+        return per_set.records("export_secs") * 1_000_000
+    field = wire[source[1]]
+    if kind == "uptime":                              # in uint32 arithmetic: wraps as mod 2^32
+        at = field.astype(np.uint32) if field.ndim == 1 else uint_values(field).astype(np.uint32)
+        ago = np.subtract(per_set.records("uptime_ms", np.uint32), at)
+        if not time_secs:
+            ago //= 1000
+        value = np.subtract(per_set.records("export_secs", np.uint32), ago).astype(np.int64)
+        value *= 1_000_000
+        return value
+    if kind == "sysinit":
+        init = uint_values(wire[source[2]]).astype(np.int64)
+        return (init // 1000 + uint_values(field).astype(np.int64) // 1000) * 1_000_000
+    if kind == "ms":
+        return uint_values(field).astype(np.int64) * 1000
+    if kind == "s":
+        return uint_values(field).astype(np.int64) * 1_000_000
+    if kind == "delta_us":
+        return per_set.records("export_secs") * 1_000_000 - uint_values(field).astype(np.int64)
+    v = uint_values(field)                            # NTP seconds since 1900 . fraction
+    secs = (v >> np.uint64(32)).astype(np.int64) - NTP_EPOCH_OFFSET
+    frac = (v & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return secs * 1_000_000 + ((frac * 1_000_000) >> 32)

@@ -5,8 +5,9 @@ of several exporters share one compilation, so one group) as rows: set start,
 record count, and what each record needs from its packet (arrival, export
 time, uptime, domain, exporter, sampling table).  Rows come in numpy blocks
 from the vectorised walk, or one at a time from the Python slow path.  A group
-is decoded at once: one gather of all records as the template's dtype, then
-column conversions into RECORD_DTYPE (ie.fill_records).
+is decoded at once: one gather of all records as the template's dtype (a copy
+per set), then the template's RecordPlan (ie.py): a prototype record copied into
+every record, then one pass per written column.
 """
 from __future__ import annotations
 
@@ -15,26 +16,31 @@ from typing import Optional
 import numpy as np
 
 from ..schema import RECORD_DTYPE
-from .ie import fill_records, gather_records, set_address, uint_values
+from .ie import PerSet, record_plan, uint_values
 from .messages import BusMessage, sampling_message
-from .netflow_walk import unique_exporters
+from .netflow_walk import ExporterTable
 from .state import CounterBook, DecoderState, SetContext
 from .templates import VARLEN, CompiledTemplate
 
-CHUNK_RECORDS = 4096
-_ROW_FIELDS = ("start", "count", "arrival", "secs", "uptime", "domain", "table")
+_ROW_FIELDS = ("start", "count", "arrival", "secs", "uptime", "domain", "table", "exporter")
+MAX_COUNT_CLASSES = 8       # gather_sets: more distinct record counts per set → record by record
 
 
 class SetGroup:
-    """Data sets (or compacted varlen records) of one compiled template and packet version."""
+    """Data sets (or compacted varlen records) of one compiled template and packet version.
 
-    def __init__(self, compiled: CompiledTemplate, version: int, buf=None) -> None:
+    Exporters are ids in `exporters` (the batch's ExporterTable for the vectorised walk's groups).
+    """
+
+    def __init__(self, compiled: CompiledTemplate, version: int, buf=None,
+                 exporters: Optional[ExporterTable] = None) -> None:
         self.compiled = compiled
         self.version = version
         self.buf = bytearray() if buf is None else buf      # batch buffer, or our own bytes
+        self.exporters = ExporterTable() if exporters is None else exporters
         self.tables: list[dict] = []
         self._table_index: dict[int, int] = {}
-        self._blocks: list[tuple] = []                        # (dict of int64 arrays, exporters (k, 16) uint8)
+        self._blocks: list[dict] = []                         # int64 arrays named as _ROW_FIELDS
         self._rows: list[tuple] = []                          # rows added one by one, not yet a block
 
     def table_index(self, table: dict) -> int:
@@ -46,98 +52,139 @@ class SetGroup:
 
     def add(self, start: int, count: int, ctx: SetContext, table: dict) -> None:
         self._rows.append((start, count, ctx.arrival_us, ctx.export_secs, ctx.uptime_ms, ctx.domain,
-                           self.table_index(table), ctx.exporter))
+                           self.table_index(table), self.exporters.id_of(ctx.exporter)))
 
     def add_bytes(self, data: bytes, count: int, ctx: SetContext, table: dict) -> None:
         self.add(len(self.buf), count, ctx, table)
         self.buf += data
 
-    def add_block(self, cols: dict, exporters: np.ndarray) -> None:
-        """Rows from the vectorised walk: cols holds int64 arrays named as _ROW_FIELDS."""
+    def add_block(self, cols: dict) -> None:
+        """Rows from the vectorised walk: int64 arrays named as _ROW_FIELDS (exporter: ids in self.exporters;
+        table: an int when every row has that one)."""
         self._flush()
-        self._blocks.append((cols, exporters))
+        self._blocks.append(cols)
 
     def _flush(self) -> None:
         if self._rows:
             k = len(self._rows)
-            cols = {name: np.fromiter((r[i] for r in self._rows), np.int64, k) for i, name in enumerate(_ROW_FIELDS)}
-            exporters = np.frombuffer(b"".join(r[7] for r in self._rows), np.uint8).reshape(k, 16)
-            self._blocks.append((cols, exporters))
+            self._blocks.append({name: np.fromiter((r[i] for r in self._rows), np.int64, k)
+                                 for i, name in enumerate(_ROW_FIELDS)})
             self._rows = []
 
-    def rows(self) -> tuple[dict, np.ndarray]:
-        """All rows: (int64 columns by name, exporters (rows, 16))."""
+    def rows(self) -> dict:
+        """All rows: int64 columns by name (table: an int when every row has that one)."""
         self._flush()
         if len(self._blocks) == 1:
             return self._blocks[0]
-        cols = {name: np.concatenate([b[0][name] for b in self._blocks]) for name in _ROW_FIELDS}
-        return cols, np.concatenate([b[1] for b in self._blocks])
+        return {name: np.concatenate([np.full(len(b["count"]), b[name], np.int64) if type(b[name]) is int
+                                      else b[name] for b in self._blocks]) for name in _ROW_FIELDS}
 
     def wire_records(self, cols: dict) -> np.ndarray:
         buf = self.buf if isinstance(self.buf, np.ndarray) else np.frombuffer(bytes(self.buf), dtype=np.uint8)
-        return gather_records(buf, cols["start"], cols["count"], self.compiled.wire_dtype)
+        return gather_sets(buf, cols["start"], cols["count"], self.compiled.wire_dtype)
 
 
-class PerRecord:
-    """Per-set values repeated per record on first use (only those a conversion reads), sliced per chunk."""
+# -- gathering the records of sets ------------------------------------------------------------
 
-    def __init__(self, per_set: dict, counts: np.ndarray) -> None:
-        self.per_set, self.counts, self.full = per_set, counts, {}
-
-    def rows(self, a: int, b: int) -> "_Rows":
-        return _Rows(self, a, b)
-
-    def get(self, name: str) -> np.ndarray:
-        v = self.full.get(name)
-        if v is None:
-            v = self.full[name] = np.repeat(self.per_set[name], self.counts)
-        return v
+def record_starts(set_starts: np.ndarray, counts: np.ndarray, rec_len: int) -> np.ndarray:
+    """Byte offset of every record: set i holds counts[i] records of rec_len bytes from set_starts[i]."""
+    counts = counts.astype(np.int64, copy=False)
+    total = int(counts.sum())
+    first = np.cumsum(counts) - counts                       # index of each set's first record
+    within = np.arange(total, dtype=np.int64) - np.repeat(first, counts)
+    return np.repeat(set_starts.astype(np.int64, copy=False), counts) + within * rec_len
 
 
-class _Rows:
-    def __init__(self, parent: PerRecord, a: int, b: int) -> None:
-        self.parent, self.a, self.b = parent, a, b
+def gather_records(buf: np.ndarray, set_starts: np.ndarray, counts: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """All records of all sets as one array of `dtype` (whose itemsize is the record length).
 
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.parent.get(name)[self.a:self.b]
+    The buffer is viewed as overlapping records starting at every byte (stride 1),
+    so one fancy index with the record start offsets copies every record at once.
+    """
+    dtype = np.dtype(dtype)
+    rec_len = dtype.itemsize
+    starts = record_starts(np.asarray(set_starts), np.asarray(counts), rec_len)
+    positions = len(buf) - rec_len + 1
+    if len(starts) == 0 or positions <= 0:
+        return np.zeros(len(starts), dtype=dtype)
+    # gather as opaque bytes (a plain memcpy per record), then reinterpret as the record dtype
+    every_byte = np.ndarray(shape=(positions,), dtype=np.dtype((np.void, rec_len)), buffer=buf, strides=(1,))
+    return every_byte[starts].view(dtype)
 
 
-def _per_record(values: np.ndarray, counts: np.ndarray) -> np.ndarray | int:
-    """A per-row value repeated per record, or the scalar when every row has the same."""
-    if len(values) and (values == values[0]).all():
-        return int(values[0])
-    return np.repeat(values, counts, axis=0)
+def gather_sets(buf: np.ndarray, set_starts: np.ndarray, counts: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """As gather_records, but one copy per set (all its records at once) for each distinct record count.
 
+    Records keep their order (set by set).  With more than MAX_COUNT_CLASSES distinct counts,
+    record by record (gather_records).
+    """
+    rec_len = dtype.itemsize
+    c0 = int(counts[0]) if len(counts) else 0
+    classes = [c0] if len(counts) == 1 or (counts == c0).all() else sorted(set(counts.tolist()))
+    if len(classes) > MAX_COUNT_CLASSES or max(classes, default=0) * rec_len > len(buf):
+        return gather_records(buf, set_starts, counts, dtype)
+    if len(classes) == 1:
+        size = c0 * rec_len
+        if size == 0:
+            return np.zeros(0, dtype=dtype)
+        every_set = np.ndarray((len(buf) - size + 1,), _void(size), buf, 0, (1,))
+        return np.ndarray((len(counts) * c0,), dtype, every_set[set_starts])
+    total = int(counts.sum())
+    flat = np.empty(total * rec_len, np.uint8)
+    first = np.cumsum(counts) - counts                       # each set's first record
+    for c in classes:
+        if c == 0:
+            continue
+        sel = counts == c
+        size = c * rec_len
+        every_set = np.ndarray((len(buf) - size + 1,), _void(size), buf, 0, (1,))
+        dst = np.ndarray((total - c + 1,), _void(size), flat, 0, (rec_len,))
+        dst[first[sel]] = every_set[set_starts[sel]]
+    return np.ndarray((total,), dtype, flat)
+
+
+_VOIDS: dict[int, np.dtype] = {}
+
+
+def _void(size: int) -> np.dtype:
+    dt = _VOIDS.get(size)
+    if dt is None:
+        if len(_VOIDS) > 4096:
+            _VOIDS.clear()
+        dt = _VOIDS[size] = np.dtype((np.void, size))
+    return dt
+
+
+# -- decoding a group ---------------------------------------------------------------------------
 
 def decode_group(g: SetGroup, state: DecoderState, counters: CounterBook) -> np.ndarray:
     """All flow records of a group, as RECORD_DTYPE; flows counted per exporter."""
-    cols, exporters = g.rows()
+    cols = g.rows()
     counts = cols["count"]
     n = int(counts.sum())
     if n == 0:
         return np.zeros(0, dtype=RECORD_DTYPE)
     wire = g.wire_records(cols)
-    out = np.empty(n, dtype=RECORD_DTYPE)
-    per_set = PerRecord({"arrival_us": cols["arrival"], "export_secs": cols["secs"], "uptime_ms": cols["uptime"]},
-                        counts)
-    one_exporter = bool((exporters == exporters[0]).all())
-    peer = exporters[0] if one_exporter else np.repeat(exporters, counts, axis=0)
-    domain = _per_record(cols["domain"], counts)
-    for a in range(0, n, CHUNK_RECORDS):          # chunks that stay in cache while the columns are written
-        b = a + CHUNK_RECORDS
-        chunk = out[a:b]
-        chunk.view(np.uint8)[...] = 0             # zeroed here, not all at once: the chunk stays in cache
-        fill_records(chunk, wire[a:b], g.compiled, g.version, per_set.rows(a, b), state.time_secs, state.wanted)
-        set_address(chunk, "peer_src_ip", peer if one_exporter else peer[a:b])
-        chunk["domain_id"] = domain if np.isscalar(domain) else domain[a:b]
-        chunk["export_proto_version"] = g.version
+    exp = cols["exporter"]
+    per_set = PerSet({"arrival_us": cols["arrival"], "export_secs": cols["secs"], "uptime_ms": cols["uptime"],
+                      "domain": cols["domain"], "exporter": 0 if len(g.exporters.keys) == 1 else exp}, counts)
+    words = g.exporters.words
+    one = per_set.scalar("exporter")
+    for w, name in ((0, "peer_lo"), (1, "peer_hi")):           # the exporter's address as two words
+        column = words[:, w].tolist()
+        if one is not None or len(set(column)) == 1:
+            per_set.values[name] = column[0 if one is None else one]
+        else:                                                   # two exporters at least: no need to look
+            per_set.vary(name, words[exp, w])
+    out = record_plan(g.compiled, g.version, state.wanted, state.time_secs).fill(wire, per_set)
     _resolve_sampling(out, wire, g, cols["table"], counts)
-    if one_exporter:
-        counters[exporters[0].tobytes()].flows += n
+    keys = g.exporters.keys
+    if one is not None:
+        counters[keys[one]].flows += n
     else:
-        keys, index = unique_exporters(exporters)
-        for key, flows in zip(keys, np.bincount(index, weights=counts, minlength=len(keys)).tolist()):
-            counters[key].flows += int(flows)
+        flows = np.bincount(exp, weights=counts, minlength=len(keys)).tolist()
+        for e in np.flatnonzero(np.bincount(exp, minlength=len(keys))).tolist():
+            counters[keys[e]].flows += int(flows[e])
     return out
 
 
@@ -159,7 +206,7 @@ def _resolve_sampling(out: np.ndarray, wire: np.ndarray, g: SetGroup, table_idx:
     if len(tables) == 1:
         out["sampling_rate"] = _lookup(tables[0], sids, len(out))
         return
-    which = np.repeat(table_idx, counts)                        # the table each record saw
+    which = np.repeat(np.broadcast_to(table_idx, len(counts)), counts)     # the table each record saw
     for i, t in enumerate(tables):
         rows = which == i
         if t and rows.any():
@@ -195,7 +242,7 @@ def learn_options(g: SetGroup, exporter: bytes, state: DecoderState, counters: C
     is stored for that id (IPFIX: also as the exporter's rate, id 0); without one, only
     records carrying 34 or 305+306 set the exporter's rate.
     """
-    rows, _ = g.rows()
+    rows = g.rows()
     n = int(rows["count"].sum())
     counters[exporter].options_records += n
     cols = g.compiled.columns

@@ -2,10 +2,11 @@
 
 v5: 24-byte header + count × 48-byte records.  v1: 16-byte header + count × 48-byte
 records (no AS, masks, engine, sampling or sequence).  The headers of all packets are
-gathered and viewed as one big-endian structured array, then all records of all
-packets in one fancy index.
+gathered at once, then every packet's records in one copy per packet.  A v5 / v1
+record is a fixed layout of the IEs a v9 template would announce (V5_TEMPLATE,
+V1_TEMPLATE), so it is converted by the same RecordPlan as v9 data (ie.py).
 
-Times follow nfacctd 1.7.7 (ie.uptime_time_us): start = unix_secs - (sysUptime -
+Times follow nfacctd 1.7.7 (ie._flow_time): start = unix_secs - (sysUptime -
 First) // 1000 whole seconds, in 32-bit arithmetic (with time_secs the uptime
 fields are taken as seconds).  The sampling rate is the low 14 bits of the
 header's sampling field, whatever the mode bits say (as nfacctd reports it).
@@ -15,110 +16,96 @@ from __future__ import annotations
 import numpy as np
 
 from ..schema import RECORD_DTYPE
-from .ie import gather_records, set_address, set_ipv4_mapped, uptime_time_us
-from .netflow_walk import unique_exporters
+from .ie import PerSet, record_plan
+from .netflow_groups import gather_sets
+from .netflow_walk import number_exporters
 from .state import CounterBook, DecoderState
+from .templates import Template, TemplateField, compile_template
 
 V5_HEADER = np.dtype([("version", ">u2"), ("count", ">u2"), ("sys_uptime", ">u4"), ("unix_secs", ">u4"),
                       ("unix_nsecs", ">u4"), ("flow_sequence", ">u4"), ("engine_type", "u1"),
                       ("engine_id", "u1"), ("sampling", ">u2")])
 V1_HEADER = np.dtype([("version", ">u2"), ("count", ">u2"), ("sys_uptime", ">u4"), ("unix_secs", ">u4"),
                       ("unix_nsecs", ">u4")])
-V5_RECORD = np.dtype([("src", "u1", (4,)), ("dst", "u1", (4,)), ("nexthop", "u1", (4,)), ("input", ">u2"),
-                      ("output", ">u2"), ("packets", ">u4"), ("octets", ">u4"), ("first", ">u4"),
-                      ("last", ">u4"), ("src_port", ">u2"), ("dst_port", ">u2"), ("pad1", "u1"),
-                      ("tcp_flags", "u1"), ("proto", "u1"), ("tos", "u1"), ("src_as", ">u2"),
-                      ("dst_as", ">u2"), ("src_mask", "u1"), ("dst_mask", "u1"), ("pad2", ">u2")])
-V1_RECORD = np.dtype([("src", "u1", (4,)), ("dst", "u1", (4,)), ("nexthop", "u1", (4,)), ("input", ">u2"),
-                      ("output", ">u2"), ("packets", ">u4"), ("octets", ">u4"), ("first", ">u4"),
-                      ("last", ">u4"), ("src_port", ">u2"), ("dst_port", ">u2"), ("pad1", ">u2"),
-                      ("proto", "u1"), ("tos", "u1"), ("tcp_flags", "u1"), ("pad2", "u1"), ("pad3", ">u2"),
-                      ("reserved", ">u4")])
+PAD = 210                   # paddingOctets: a field no record column takes
+# the 48-byte records as (IE, length): src, dst, nexthop, input, output, packets, octets, first, last, ports, …
+V5_TEMPLATE = compile_template(Template(9, 256, tuple(TemplateField(ie, n) for ie, n in (
+    (8, 4), (12, 4), (15, 4), (10, 2), (14, 2), (2, 4), (1, 4), (22, 4), (21, 4), (7, 2), (11, 2), (PAD, 1),
+    (6, 1), (4, 1), (5, 1), (16, 2), (17, 2), (9, 1), (13, 1), (PAD, 2)))))
+V1_TEMPLATE = compile_template(Template(9, 256, tuple(TemplateField(ie, n) for ie, n in (
+    (8, 4), (12, 4), (15, 4), (10, 2), (14, 2), (2, 4), (1, 4), (22, 4), (21, 4), (7, 2), (11, 2), (PAD, 2),
+    (4, 1), (5, 1), (6, 1), (PAD, 1), (PAD, 2), (PAD, 4)))))
 assert V5_HEADER.itemsize == 24 and V1_HEADER.itemsize == 16
-assert V5_RECORD.itemsize == 48 and V1_RECORD.itemsize == 48
+assert V5_TEMPLATE.record_length == 48 and V1_TEMPLATE.record_length == 48
 RECORD_LEN = 48
-CHUNK_RECORDS = 4096
 
 
 def decode_v5_packets(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, exporters: np.ndarray,
                       arrival_us: np.ndarray, version: int, state: DecoderState,
                       counters: CounterBook) -> np.ndarray:
     """Decode v5 (version=5) or v1 (version=1) packets; arrays are per packet, in arrival order."""
-    hdr_dtype, rec_dtype = (V5_HEADER, V5_RECORD) if version == 5 else (V1_HEADER, V1_RECORD)
+    hdr_dtype, compiled = (V5_HEADER, V5_TEMPLATE) if version == 5 else (V1_HEADER, V1_TEMPLATE)
     hlen = hdr_dtype.itemsize
     n = len(offsets)
     ok = lengths >= hlen
-    headers = np.zeros(n, dtype=hdr_dtype)
-    if ok.any():
-        headers[ok] = gather_records(buf, offsets[ok], np.ones(int(ok.sum()), np.int64), hdr_dtype)
+    all_ok = bool(ok.all())
+    if all_ok:                                   # every header is whole: one gather, no masking
+        every = np.ndarray((len(buf) - hlen + 1,), np.dtype((np.void, hlen)), buf, 0, (1,))
+        headers = np.ndarray((n,), hdr_dtype, every[offsets])
+    else:
+        headers = np.zeros(n, dtype=hdr_dtype)
+        if ok.any():
+            every = np.ndarray((len(buf) - hlen + 1,), np.dtype((np.void, hlen)), buf, 0, (1,))
+            headers[ok] = np.ndarray((int(ok.sum()),), hdr_dtype, every[offsets[ok]])
     counts = headers["count"].astype(np.int64)
-    ok &= lengths >= hlen + counts * RECORD_LEN          # a count that lies about the length: drop the packet
-    counts = np.where(ok, counts, 0)
+    whole = lengths >= hlen + counts * RECORD_LEN        # a count that lies about the length: drop the packet
+    if not (all_ok and whole.all()):
+        ok &= whole
+        all_ok = False
+        counts = np.where(ok, counts, 0)
 
-    _count_packets(exporters, lengths, ok, counts, version, headers, state, counters)
+    table, exp_id = number_exporters(exporters, state.known_exporters)
+    _count_packets(table.keys, exp_id, lengths, ok, all_ok, counts, version, headers, state, counters)
     total = int(counts.sum())
     if total == 0:
         return np.zeros(0, dtype=RECORD_DTYPE)
-    out = np.empty(total, dtype=RECORD_DTYPE)
-    recs = gather_records(buf, offsets + hlen, counts, rec_dtype)
-    per_record = {"arrival_us": np.repeat(arrival_us, counts),             # packet values, per record
-                  "uptime": np.repeat(headers["sys_uptime"].astype(np.int64), counts),
-                  "secs": np.repeat(headers["unix_secs"].astype(np.int64), counts)}
+    if not all_ok:                               # only the packets with records
+        keep = (counts > 0).nonzero()[0]
+        offsets, counts, arrival_us, headers, exp_id = (a[keep] for a in (offsets, counts, arrival_us, headers,
+                                                                           exp_id))
+    wire = gather_sets(buf, offsets + hlen, counts, compiled.wire_dtype)
+    values = {"arrival_us": arrival_us, "export_secs": headers["unix_secs"].astype(np.int64),
+              "uptime_ms": headers["sys_uptime"].astype(np.int64)}
     if version == 5:
-        engine = (headers["engine_type"].astype(np.uint32) << 8) | headers["engine_id"]
-        per_record["domain_id"] = np.repeat(engine, counts)
-        per_record["sampling_rate"] = np.repeat(headers["sampling"] & 0x3FFF, counts)
-    one_exporter = bool((exporters == exporters[0]).all())
-    exporter = exporters[0] if one_exporter else np.repeat(exporters, counts, axis=0)
-    for a in range(0, total, CHUNK_RECORDS):       # chunks that stay in cache while the columns are written
-        rows = slice(a, a + CHUNK_RECORDS)
-        out[rows].view(np.uint8)[...] = 0          # zeroed here, not all at once: the chunk stays in cache
-        _fill(out[rows], recs[rows], {k: v[rows] for k, v in per_record.items()},
-              exporter if one_exporter else exporter[rows], version, state.time_secs, state.wanted)
-    return out
+        values["domain"] = (headers["engine_type"].astype(np.int64) << 8) | headers["engine_id"]
+        values["sampling"] = headers["sampling"] & 0x3FFF
+    else:
+        values["domain"] = 0
+    words = table.words
+    one = len(table.keys) == 1
+    for w, name in ((0, "peer_lo"), (1, "peer_hi")):           # the exporter's address as two words
+        column = words[:, w].tolist()
+        values[name] = column[0] if one or len(set(column)) == 1 else words[exp_id, w]
+    plan = record_plan(compiled, version, state.wanted, state.time_secs)
+    return plan.fill(wire, PerSet(values, counts))
 
 
-def _fill(out: np.ndarray, recs: np.ndarray, per_record: dict, exporter: np.ndarray, version: int, time_secs: bool,
-          wanted) -> None:
-    def want(column: str) -> bool:
-        return wanted is None or column in wanted
-
-    for column, field in (("src_host", "src"), ("dst_host", "dst"), ("ip_next_hop", "nexthop")):
-        if want(column):
-            set_ipv4_mapped(out, column, recs[field])
-    set_address(out, "peer_src_ip", exporter)
-    for column, field in (("in_iface", "input"), ("out_iface", "output"), ("packets", "packets"),
-                          ("bytes", "octets"), ("src_port", "src_port"), ("dst_port", "dst_port"),
-                          ("tcp_flags", "tcp_flags"), ("proto", "proto"), ("tos", "tos")):
-        if want(column):
-            out[column] = recs[field]
-    out["flows"] = 1
-    out["family"] = 4
-    out["etype"] = 0x0800
-    out["export_proto_version"] = version
-    out["ts_arrival"] = per_record["arrival_us"]
-    for column, field in (("ts_start", "first"), ("ts_end", "last")):
-        if want(column):
-            out[column] = uptime_time_us(per_record["secs"], per_record["uptime"], recs[field].astype(np.int64),
-                                         time_secs)
-    if version == 5:
-        for column in ("src_as", "dst_as", "src_mask", "dst_mask"):
-            if want(column):
-                out[column] = recs[column]
-        out["domain_id"] = per_record["domain_id"]
-        out["sampling_rate"] = per_record["sampling_rate"]
-
-
-def _count_packets(exporters: np.ndarray, lengths: np.ndarray, ok: np.ndarray, counts: np.ndarray,
-                   version: int, headers: np.ndarray, state: DecoderState, counters: CounterBook) -> None:
+def _count_packets(keys: list, exp_id: np.ndarray, lengths: np.ndarray, ok: np.ndarray, all_ok: bool,
+                   counts: np.ndarray, version: int, headers: np.ndarray, state: DecoderState,
+                   counters: CounterBook) -> None:
     """Per-exporter counters and flow_sequence gaps, vectorised (a Python step per exporter and engine)."""
-    keys, exp_id = unique_exporters(exporters)
     k = len(keys)
-    per_exporter = zip(keys, np.bincount(exp_id, minlength=k).tolist(),
-                       np.bincount(exp_id, weights=lengths, minlength=k).tolist(),
-                       np.bincount(exp_id[~ok], minlength=k).tolist(),
-                       np.bincount(exp_id, weights=counts, minlength=k).tolist())
+    if k == 1:
+        per_exporter = [(keys[0], len(lengths), int(lengths.sum()), 0 if all_ok else int(np.count_nonzero(~ok)),
+                         int(counts.sum()))]
+    else:
+        per_exporter = zip(keys, np.bincount(exp_id, minlength=k).tolist(),
+                           np.bincount(exp_id, weights=lengths, minlength=k).tolist(),
+                           np.bincount(exp_id[~ok], minlength=k).tolist() if not all_ok else [0] * k,
+                           np.bincount(exp_id, weights=counts, minlength=k).tolist())
     for key, packets, nbytes, bad, flows in per_exporter:
+        if not packets:
+            continue                         # an exporter of an earlier batch (KnownExporters)
         c = counters[key]
         c.packets += packets
         c.bytes += int(nbytes)
@@ -126,25 +113,33 @@ def _count_packets(exporters: np.ndarray, lengths: np.ndarray, ok: np.ndarray, c
         c.flows += int(flows)
     if version != 5:
         return
-    good = np.flatnonzero(ok)
-    if not len(good):
-        return
-    e = exp_id[good]
-    engine = (headers["engine_type"][good].astype(np.int64) << 8) | headers["engine_id"][good]
-    seq = headers["flow_sequence"][good].astype(np.int64)
-    nxt = (seq + counts[good]) & 0xFFFFFFFF
-    order = np.lexsort((engine, e))                      # stable: packet order within (exporter, engine)
-    e, engine, seq, nxt = e[order], engine[order], seq[order], nxt[order]
-    first = np.ones(len(e), dtype=bool)
-    first[1:] = (e[1:] != e[:-1]) | (engine[1:] != engine[:-1])
-    expected = np.empty(len(e), dtype=np.int64)
-    expected[1:] = nxt[:-1]
-    starts = np.flatnonzero(first)
-    for s, t in zip(starts.tolist(), (np.append(starts[1:], len(e)) - 1).tolist()):
-        key = (keys[e[s]], int(engine[s]), 5)
-        expected[s] = state.sequences.get(key, -1)
-        state.sequences[key] = int(nxt[t])
-    gaps = (expected >= 0) & (expected != seq)
+    if all_ok:
+        e, hdr, cnt = exp_id, headers, counts
+    else:
+        good = ok.nonzero()[0]
+        if not len(good):
+            return
+        e, hdr, cnt = exp_id[good], headers[good], counts[good]
+    engine = (hdr["engine_type"].astype(np.int64) << 8) | hdr["engine_id"]
+    seq = hdr["flow_sequence"].astype(np.int64)
+    nxt = (seq + cnt) & 0xFFFFFFFF
+    key = (e << 16) | engine                             # (exporter, engine) in one int64
+    if (key == key[0]).all():
+        starts = [0]
+        gaps = seq[1:] != nxt[:-1]                       # each packet against the one before
+    else:
+        order = np.argsort(key, kind="stable")           # packet order within (exporter, engine)
+        key, seq, nxt = key[order], seq[order], nxt[order]
+        same = key[1:] == key[:-1]
+        starts = [0] + ((~same).nonzero()[0] + 1).tolist()
+        gaps = (seq[1:] != nxt[:-1]) & same
+    ends = [s - 1 for s in starts[1:]] + [len(key) - 1]
+    for kk, first, last in zip(key[starts].tolist(), seq[starts].tolist(), nxt[ends].tolist()):
+        state_key = (keys[kk >> 16], kk & 0xFFFF, 5)
+        expected = state.sequences.get(state_key, -1)
+        if expected >= 0 and expected != first:
+            counters[keys[kk >> 16]].seq_gaps += 1
+        state.sequences[state_key] = last
     if gaps.any():
-        for i, g in zip(*np.unique(e[gaps], return_counts=True)):
+        for i, g in zip(*np.unique(key[1:][gaps] >> 16, return_counts=True)):
             counters[keys[i]].seq_gaps += int(g)

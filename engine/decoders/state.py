@@ -18,8 +18,9 @@ import numpy as np
 from ..schema import RECORD_DTYPE
 from .messages import (KIND_SAMPLING, KIND_TEMPLATE, BusMessage, make_key, parse_key, sampling_message,
                        sampling_rate_from)
-from .templates import (CompiledTemplate, Template, TemplateError, compile_template, template_from_bytes,
-                        template_to_bytes)
+from .netflow_walk import KnownExporters
+from .templates import (CompiledTemplate, Template, TemplateError, compile_template, parse_template_set,
+                        template_from_bytes, template_to_bytes)
 
 TemplateKey = tuple[bytes, int, int]          # (exporter16, domain, template id)
 EMPTY_TABLE: dict[int, int] = {}
@@ -59,6 +60,8 @@ class CounterBook(dict):
 
 
 MAX_KEYS_PER_EXPORTER = 4096        # templates / sequence keys per exporter address (routers use tens)
+PARSED_SETS = 256                   # template set bodies remembered parsed (≤ PARSED_SET_BYTES each)
+PARSED_SET_BYTES = 4096
 PENDING_SET_COST = 64               # a pending set counts at least this many bytes against the limit
 
 
@@ -142,6 +145,8 @@ class DecoderState:
         self.wanted: Optional[frozenset[str]] = None  # record fields some consumer reads (None: fill all)
         self.generation = 0                          # bumped whenever templates or sampling tables change
         self._compiled: dict[Template, CompiledTemplate] = {}   # identical templates share one compilation
+        self._parsed_sets: dict[tuple, tuple] = {}              # (version, set id, body) → parse_template_set
+        self.known_exporters = KnownExporters()                 # numbering of recent batches' exporters
 
     # -- templates --------------------------------------------------------------------------
     def learn_template(self, key: TemplateKey, template: Template) -> tuple[Optional[CompiledTemplate], bool]:
@@ -164,6 +169,19 @@ class DecoderState:
                 self.templates.pop(evicted, None)
         self.templates[key] = compiled
         return compiled, True
+
+    def parse_template_set(self, version: int, set_id: int, body) -> tuple[list[Template], bool]:
+        """templates.parse_template_set, remembered for recent set bodies: exporters resend the same sets
+        (the result is shared: callers only read it)."""
+        key = (version, set_id, bytes(body))
+        parsed = self._parsed_sets.get(key)
+        if parsed is None:
+            parsed = parse_template_set(version, set_id, body)
+            if len(key[2]) <= PARSED_SET_BYTES:
+                if len(self._parsed_sets) >= PARSED_SETS:
+                    self._parsed_sets.clear()
+                self._parsed_sets[key] = parsed
+        return parsed
 
     def _drop_template(self, key: TemplateKey) -> bool:
         self._template_order.removed(key)

@@ -67,6 +67,7 @@ class CompiledTemplate:
     columns: dict[str, tuple[str, int, IeSpec]] = field(default_factory=dict)
     record_length: int = 0                   # bytes per record on the wire; 0 when varlen
     field_lengths: tuple[int, ...] = ()      # wire lengths, for the varlen slow path
+    plans: dict = field(default_factory=dict, compare=False, repr=False)   # ie.record_plan, per settings
 
     @property
     def options(self) -> bool:
