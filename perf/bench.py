@@ -8,8 +8,8 @@ Per scenario and collector: start the daemon (print plugin, the scenario's aggre
 purge at stop is the only one), wait until it listens, replay the pcap with perf/replay.py at the rate, wait for
 the kernel queue to drain, stop it (nfacctd: SIGINT, pmengine: SIGTERM; SIGKILL by PID after a timeout), and read:
   CPU      utime+stime of the daemon and every descendant: /proc/PID/stat sampled every 100 ms plus the
-           daemon's wait4() rusage (its reaped children roll up); start-up CPU (until listening) is subtracted
-           and shown apart.  µs/flow = run CPU / flows sent.
+           daemon's wait4() rusage (its reaped children roll up); start-up CPU (until it listens and its process
+           tree has gone quiet: < 20 ms of CPU in 0.5 s) is subtracted and shown apart.  µs/flow = run CPU / flows sent.
   kept     Σ BYTES of the print output / the generator's expected bytes (perf/traffic.py JSON).
   RSS      peak of Σ VmRSS over the process tree; and per million aggregated entries (output rows).
   drops    kernel drops of the collector's UDP sockets (/proc/net/udp{,6} "drops", read before the stop).
@@ -235,6 +235,22 @@ def wait_listening(proc: subprocess.Popen, port: int, sockets: int, timeout: flo
     raise RuntimeError("collector did not start listening")
 
 
+def wait_quiet(root: int, timeout: float = 30.0, window: float = 0.5, allowance: float = 0.02) -> None:
+    """Wait until the collector's process tree has finished starting: less than `allowance` CPU seconds used over
+    `window`.  Sockets appear before a collector is done starting (pmengine's supervisor opens them before its
+    forkserver has imported numpy and forked the shards and plugins); start-up must not count as run CPU."""
+    deadline = time.monotonic() + timeout
+    def total() -> float:
+        return sum(c for p in tree(root) if (c := cpu_seconds(p)) is not None)
+    last = total()
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = total()
+        if now - last < allowance:
+            return
+        last = now
+
+
 def ring_drops(log_text: str) -> int:
     """pmengine: Σ ring drop counts from the stats files named in its log are not reachable after exit;
     the final shard summaries in the log carry them ('ring_drops=N' / 'dropped N')."""
@@ -262,6 +278,7 @@ def run_collector(scenario: Scenario, collector: str, pcap_payloads: list, expec
     sampler = None
     try:
         wait_listening(proc, port, shards)
+        wait_quiet(proc.pid)
         sampler = TreeSampler(proc.pid, port)
         res.startup_cpu, receivers_startup = sampler.total(), sampler.receiver_total()
         sampler.start()

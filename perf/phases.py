@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import (REPO, SCENARIOS, cpu_seconds, csv_totals, free_port, udp_sockets, prepare, print_conf, tree,  # noqa: E402
+from bench import (REPO, SCENARIOS, cpu_seconds, csv_totals, free_port, udp_sockets, wait_quiet, prepare, print_conf, tree,  # noqa: E402
                    wait_listening, wait_with_timeout)
 from replay import send  # noqa: E402
 
@@ -61,7 +61,7 @@ def main() -> int:
     phases = []
     try:
         wait_listening(proc, port, a.shards)
-        time.sleep(1.0)
+        wait_quiet(proc.pid)
         marks = [("start", snapshot(proc.pid))]
         time.sleep(a.idle)
         marks.append(("idle", snapshot(proc.pid)))
