@@ -337,7 +337,7 @@ class RecordPlan:
                 if source[0] != "zero":
                     self.sources.append((f"ts_{which}", _flow_time, source, time_secs))
         self.proto_bytes = self.proto.tobytes()
-        # where a source that is one int for every record goes in the prototype: (byte offset, struct)
+        # where a source that is one int for every record goes in the prototype: (byte offset, struct format)
         self.packers = [_packer(target) for target, *_ in self.sources]
 
     def _from_packet(self, target, name: str) -> None:
@@ -382,12 +382,12 @@ class RecordPlan:
             per_set.window = slice(a0, b0)
             w = wire if b0 - a0 == n else wire[a0:b0]
             writes = []
-            for (target, value, *args), (offset, packer) in zip(self.sources, self.packers):
+            for (target, value, *args), (offset, fmt) in zip(self.sources, self.packers):
                 v = value(w, per_set, *args)
                 if type(v) is not int:
                     writes.append((target, v))
                 elif block is None:                  # the same for every record: into the prototype
-                    packer.pack_into(proto, offset, v)
+                    struct.pack_into(fmt, proto, offset, v)
             if block is None:
                 k = min(n, PROTO_BLOCK)
                 block = np.frombuffer(bytes(proto) * k, dtype=np.uint8).reshape(k, len(proto))
@@ -408,12 +408,11 @@ class RecordPlan:
         return out
 
 
-_STRUCTS = {np.dtype(t).str: struct.Struct(f) for t, f in (("u1", "B"), ("<u2", "<H"), ("<u4", "<I"), ("<u8", "<Q"),
-                                                            ("<i8", "<q"))}
+_STRUCTS = {np.dtype(t).str: f for t, f in (("u1", "B"), ("<u2", "<H"), ("<u4", "<I"), ("<u8", "<Q"), ("<i8", "<q"))}
 
 
 def _packer(target) -> tuple:
-    """(byte offset, struct) that writes an int into a record at a source's target (struct None: never an int)."""
+    """(byte offset, struct format) that writes an int into a record at a source's target (None: never an int)."""
     offset, dtype = target if type(target) is tuple else (RECORD_DTYPE.fields[target][1],
                                                           RECORD_DTYPE.fields[target][0])
     return offset, _STRUCTS.get(dtype.str)
