@@ -240,44 +240,42 @@ class Ring:
         hdr[_WRITE] = w + n                     # commit: the reader sees the batch from here on
         return True
 
-    def read(self, max_records: int | None = None) -> np.ndarray:
-        """A copy of up to max_records pending records (possibly empty); advances the read index."""
-        hdr, cap = self._hdr, self.capacity
+    def _readable(self, max_records: int | None) -> tuple[int, int]:
+        """(read index, records to take): the pending records, up to max_records.  An impossible index pair
+        (corrupted header) is counted and skipped: the reader jumps to the writer and takes nothing."""
+        hdr = self._hdr
         w, r = hdr[_WRITE], hdr[_READ]
         n = w - r
-        if n < 0 or n > cap:                    # impossible pair (corrupted header): skip to the writer
+        if n < 0 or n > self.capacity:
             hdr[_RESYNCS] += 1
             hdr[_READ] = w
-            return self._empty
-        if max_records is not None and max_records < n:
-            n = max(0, max_records)
+            return w, 0
+        if max_records is not None:
+            n = min(n, max(0, max_records))
+        return r, n
+
+    def read(self, max_records: int | None = None) -> np.ndarray:
+        """A copy of up to max_records pending records (possibly empty); advances the read index."""
+        r, n = self._readable(max_records)
         if n == 0:
             return self._empty
-        size = self._size
+        cap, size = self.capacity, self._size
         dst = np.empty(n * size, np.uint8)
         pos = (r % cap) * size
         first = min(n * size, cap * size - pos)
         dst[:first] = self._slots[pos:pos + first]
         if first < n * size:
             dst[first:] = self._slots[:n * size - first]
-        hdr[_READ] = r + n                      # release the slots to the writer
+        self._hdr[_READ] = r + n                # release the slots to the writer
         return np.frombuffer(dst, self.dtype)
 
     def read_view(self, max_records: int | None = None) -> np.ndarray:
         """Up to max_records pending records as a view of the ring itself (no copy; never across the end of the
         slots, so possibly fewer than pending): valid until release(), which gives the slots back to the writer.
         The plugin loop's read: copying each batch out cost more (fresh pages every time) than using it."""
-        hdr, cap = self._hdr, self.capacity
-        w, r = hdr[_WRITE], hdr[_READ]
-        n = w - r
-        if n < 0 or n > cap:                    # impossible pair (corrupted header): skip to the writer
-            hdr[_RESYNCS] += 1
-            hdr[_READ] = w
-            return self._empty
-        pos = r % cap
-        n = min(n, cap - pos)
-        if max_records is not None:
-            n = min(n, max(0, max_records))
+        r, n = self._readable(max_records)
+        pos = r % self.capacity
+        n = min(n, self.capacity - pos)
         if n == 0:
             return self._empty
         return self._records[pos:pos + n]

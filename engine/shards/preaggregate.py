@@ -92,9 +92,6 @@ class PreAggregator:
         self.dtype = _key_dtype(spec)
         self.runs = [(koff, roff, size, _item_type(koff, roff, size)) for koff, roff, size in copy_runs(self.dtype)]
         self.skip = 0
-        self.batches_folded = 0
-        self.records_in = 0
-        self.records_out = 0
 
     def keys(self, records: np.ndarray) -> np.ndarray:
         n = len(records)
@@ -128,9 +125,6 @@ class PreAggregator:
             for name in SUMMED:
                 out[name] = np.add.reduceat(records[name].take(order), starts)
         out["tcp_flags"] = np.bitwise_or.reduceat(records["tcp_flags"].take(order), starts)
-        self.batches_folded += 1
-        self.records_in += n
-        self.records_out += len(out)
         return out
 
 
