@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_for_any
 from typing import Optional
 
 from .config.fields_needed import needed_fields
@@ -59,6 +60,7 @@ STARVED_LIMIT_S = 5.0
 PCAP_SHARD_HANG_TIMEOUT_S = 30.0    # a pcap shard cannot be restarted: killing it stops the engine, so be patient
 START_GRACE_S = 15.0                # a starting child has this long before its beats are watched
 CRASH_LOOP_WINDOW_S = 60.0
+TURN_S = 0.1                        # the loop's hang checks; a child's exit or a signal wakes it at once
 CRASH_LOOP_RESTARTS = 3             # restarts in the window that are immediate; more back off
 RUNTIME_PREFIX = "pmengine-"
 PRELOAD = ["engine.forkserver_preload"]
@@ -142,6 +144,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.bus: Optional[TemplateBus] = None
         self.signals: list[int] = []
+        self._signal_fd = -1                # install_signals(): the read end of the signal wakeup pipe
         self.stopping = False
         self.exit_code = 0
         self.ops = None                 # engine.ops.services.OpsServices: locator files, Prometheus, SIGUSR1 summary
@@ -231,7 +234,21 @@ class Supervisor:
             log.info("started %s (pid %d)", child.name, proc.pid)
         self.write_children()
 
-    def reap(self) -> None:
+    def wait_turn(self) -> set:
+        """Sleep up to TURN_S, less when a child ends or a signal arrives; the sentinels of ended children."""
+        watched = [c.process.sentinel for c in self.children if c.process is not None and not c.finished]
+        ready = set(wait_for_any(watched + [self._signal_fd] if self._signal_fd >= 0 else watched, TURN_S))
+        if self._signal_fd >= 0 and self._signal_fd in ready:
+            try:
+                while os.read(self._signal_fd, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            ready.discard(self._signal_fd)
+        return ready
+
+    def reap(self, ended: Optional[set] = None) -> None:
+        """Restart what ended (ended: the sentinels wait_turn saw ready; None: look at every child)."""
         now = time.monotonic()
         for child in self.children:
             proc = child.process
@@ -239,7 +256,7 @@ class Supervisor:
                 if proc is None and not child.finished and not self.stopping and now >= child.next_start:
                     self.start_child(child)
                 continue
-            if proc.is_alive():
+            if (ended is not None and proc.sentinel not in ended) or proc.is_alive():
                 continue
             code = proc.exitcode
             proc.join(0)
@@ -332,6 +349,11 @@ class Supervisor:
     def install_signals(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
             signal.signal(sig, lambda s, _f: self.signals.append(s))
+        # a byte per signal on a pipe wait_turn() watches: the loop wakes at once, not at its next turn
+        self._signal_fd, wake_w = os.pipe()
+        os.set_blocking(self._signal_fd, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
 
     def dispatch_signals(self) -> None:
         while self.signals:
@@ -389,6 +411,7 @@ class Supervisor:
             for child in self.children:
                 self.start_child(child)
             last_turn = time.monotonic()
+            ended: Optional[set] = None         # the first turn looks at every child
             while not self.stopping:
                 self.dispatch_signals()
                 if self.stopping:
@@ -397,13 +420,13 @@ class Supervisor:
                 if now - last_turn < HANG_TIMEOUT_S["shard"] / 2:     # our own view is fresh enough to judge
                     self.kill_hung(now)
                 last_turn = now
-                self.reap()
+                self.reap(ended)
                 if self.config.core.pcap_savefile and not self.config.core.pcap_savefile_wait and all(
                         c.finished for c in self.children if c.role == "shard"):
                     log.info("pcap file read: flushing and exiting")
                     self.begin_stop()
                     break
-                time.sleep(0.05)
+                ended = self.wait_turn()
             self.shutdown()
         finally:
             self.cleanup()

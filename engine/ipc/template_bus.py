@@ -55,7 +55,7 @@ WELCOME = b"W"
 SNAPSHOT_REQUEST = b"SNAP"
 HIGH_WATER_MARK = 100_000        # queued messages per socket before zmq refuses (templates are few)
 SAVE_INTERVAL_S = 1.0
-POLL_MS = 50
+POLL_MS = 1000                   # the thread's longest sleep: it wakes for messages, stop() and due saves anyway
 DRAIN_LIMIT = 1000               # publish messages handled per poll round, so snapshots are not starved
 IPC_FILES = ("tbus-publish.sock", "tbus-subscribe.sock", "tbus-snapshot.sock")
 _MAX_IPC_PATH = 107              # sizeof(sockaddr_un.sun_path) - 1 on Linux
@@ -155,6 +155,7 @@ class TemplateBus:
         self._dirty = False
         self._save_failing = False
         self._stop = threading.Event()
+        self._wake: Optional[tuple[int, int]] = None     # a pipe: stop() writes to it so the poll returns at once
         self._ready = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._start_error: Optional[BaseException] = None
@@ -196,12 +197,16 @@ class TemplateBus:
             log.info("template bus: %d items loaded from %s", len(self._state), self.persist_path)
         self._stop.clear()
         self._start_error = None
+        self._wake = os.pipe()
         self._thread = threading.Thread(target=self._run, name="template-bus", daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._start_error is not None:
             self._thread.join()
             self._thread = None
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
             raise self._start_error
 
     def stop(self) -> None:
@@ -209,9 +214,14 @@ class TemplateBus:
         if self._thread is None:
             return
         self._stop.set()
+        assert self._wake is not None
+        os.write(self._wake[1], b"!")
         self._thread.join()
         self._thread = None
         self._ready.clear()
+        for fd in self._wake:
+            os.close(fd)
+        self._wake = None
 
     def state(self) -> dict[bytes, bytes]:
         """A copy of the current key -> payload state (thread-safe)."""
@@ -245,11 +255,16 @@ class TemplateBus:
         poller = zmq.Poller()
         for s in (pull, pub, router):
             poller.register(s, zmq.POLLIN)
+        assert self._wake is not None
+        poller.register(self._wake[0], zmq.POLLIN)
         last_save = 0.0
         try:
             while not self._stop.is_set():
                 try:
-                    ready = dict(poller.poll(POLL_MS))
+                    wait_ms = POLL_MS
+                    if self._dirty:                      # wake when the next save is due
+                        wait_ms = max(0, min(POLL_MS, int((last_save + SAVE_INTERVAL_S - time.monotonic()) * 1000) + 1))
+                    ready = dict(poller.poll(wait_ms))
                     if pull in ready:
                         self._drain_publishes(pull, pub)
                     if pub in ready:
@@ -267,7 +282,7 @@ class TemplateBus:
                 except Exception:                        # keep serving: one bad round must not kill the bus
                     self._count("errors")
                     log.exception("template bus: unexpected error")
-                    time.sleep(POLL_MS / 1000)
+                    time.sleep(0.05)
         finally:
             if self._dirty:
                 self._save()

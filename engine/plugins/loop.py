@@ -21,6 +21,27 @@ from ..proc import beat, busy, handlers_installed
 
 READ_CHUNK = 1 << 14        # records taken from one ring per read (4 MiB: the copy is still in cache when aggregated)
 STATS_EVERY = 1.0           # seconds between stats file refreshes
+RING_RATE_BOUND = 1_000_000  # records/s one ring is assumed to take at most, when bounding the idle sleep
+
+
+class IdlePause:
+    """How long a loop sleeps after a turn that found its rings empty: `shortest` after a turn that read
+    records, twice as long per empty turn after that, up to `longest` -- and never longer than half the
+    smallest ring takes to fill at RING_RATE_BOUND.  Every wakeup of an idle process costs ~0.1-0.3 ms of CPU
+    on a VM (cold caches); a fixed 20 ms sleep cost an idle plugin ~1% of a core."""
+
+    def __init__(self, shortest: float, longest: float, ring_capacities: list[int]) -> None:
+        bound = min(ring_capacities, default=0) / 2 / RING_RATE_BOUND
+        self.shortest = shortest
+        self.longest = max(shortest, min(longest, bound)) if ring_capacities else shortest
+        self.now = shortest
+
+    def busy(self) -> None:
+        self.now = self.shortest
+
+    def sleep(self) -> None:
+        time.sleep(self.now)
+        self.now = min(self.longest, self.now * 2)
 
 
 class RingLoop:
@@ -62,6 +83,9 @@ class RingLoop:
                 ring.release(n)
         self.records += got
         return got
+
+    def ring_capacities(self) -> list[int]:
+        return [int(getattr(ring, "capacity", 0)) for ring in self.rings]
 
     def ring_counters(self) -> dict:
         rings = {}

@@ -18,9 +18,10 @@ from ..config.tree import CoreConfig, PluginConfig
 from .aggregate import Aggregator
 from ..proc import busy
 from ..shards.stats import load_previous
-from .loop import RingLoop, install_signals
+from .loop import IdlePause, RingLoop, install_signals
 
-IDLE_SLEEP = 0.02           # seconds to sleep when every ring is empty
+IDLE_SLEEP = 0.02           # seconds to sleep when every ring is empty (loop.IdlePause: up to IDLE_SLEEP_MAX)
+IDLE_SLEEP_MAX = 0.1
 PURGE_BUSY_S = 600.0        # longest purge (sink retries included) before the supervisor calls it hung
 
 
@@ -45,6 +46,7 @@ class PluginLoop(RingLoop):
     def __init__(self, plugin: PluginConfig, core: CoreConfig, rings: list, stats_path: Optional[str] = None,
                  writer=None, log: Optional[logging.Logger] = None) -> None:
         super().__init__(plugin, core, rings, stats_path, log)
+        self.pause = IdlePause(IDLE_SLEEP, IDLE_SLEEP_MAX, self.ring_capacities())
         self.aggregator = Aggregator(plugin, core)
         self.writer = writer or make_writer(plugin, core, self.log)
         self.purges = 0
@@ -153,8 +155,10 @@ class PluginLoop(RingLoop):
             self.log.warning("cache full (%d groups): purging early", self.aggregator.rows)
             self.purge()
         self.serve_requests(now)
-        if not got:
-            time.sleep(IDLE_SLEEP)
+        if got:
+            self.pause.busy()
+        else:
+            self.pause.sleep()
         return True
 
     def run(self) -> None:

@@ -245,11 +245,14 @@ def run_udp(shard: Shard, listener: Listener, sock: Optional[socket.socket] = No
         poller.register(shard.bus.socket, zmq.POLLIN)
     next_stats = time.monotonic() + STATS_EVERY_S
     last_drained = 0.0          # when a receive last found the socket empty (or less than a full batch)
+    bus_socket = shard.bus.socket if shard.bus is not None else None
     try:
+        shard.bus_receive()     # what arrived while the snapshot was taken
         while not shard.stopping:
             ready = dict(poller.poll(POLL_MS))
             beat()
-            shard.bus_receive()
+            if bus_socket in ready:
+                shard.bus_receive()
             if sock.fileno() in ready:                   # zmq reports plain sockets by fd
                 wait = last_drained + GATHER_S - time.monotonic()
                 if wait > 0:

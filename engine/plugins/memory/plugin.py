@@ -12,11 +12,12 @@ from typing import Optional
 
 from ...config.keys_memory import MemoryOptions
 from ...config.tree import CoreConfig, PluginConfig
-from ..loop import RingLoop, install_signals
+from ..loop import IdlePause, RingLoop, install_signals
 from .server import QueryServer
 from .table import MemoryTable, entry_bytes
 
-IDLE_SLEEP = 0.01           # seconds to sleep when every ring is empty and no query is pending
+IDLE_SLEEP = 0.01           # seconds to sleep when every ring is empty and no query is pending (loop.IdlePause:
+IDLE_SLEEP_MAX = 0.04       # doubling per empty turn up to IDLE_SLEEP_MAX: a query waits at most that long)
 
 
 def table_for(plugin: PluginConfig) -> MemoryTable:
@@ -36,6 +37,7 @@ class MemoryLoop(RingLoop):
                  stats_path: Optional[str] = None, log: Optional[logging.Logger] = None,
                  core: Optional[CoreConfig] = None) -> None:
         super().__init__(plugin, core, rings, stats_path, log)
+        self.pause = IdlePause(IDLE_SLEEP, IDLE_SLEEP_MAX, self.ring_capacities())
         self.server = server
         self.table = table_for(plugin)
 
@@ -71,8 +73,10 @@ class MemoryLoop(RingLoop):
             self._full_logged = True
             self.log.warning("memory table full (%s rows): new keys are dropped", self.table.max_rows)
         self.serve_requests(time.time())
-        if not got and not served:
-            time.sleep(IDLE_SLEEP)
+        if got or served:
+            self.pause.busy()
+        else:
+            self.pause.sleep()
         return True
 
     def run(self) -> None:
