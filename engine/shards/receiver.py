@@ -27,6 +27,7 @@ from ..maps.sampling import apply_sampling_map, load_sampling_map, renormalize
 from ..pcap import PcapStats, iter_udp
 from ..proc import beat, busy, done, handlers_installed, took
 from .counter_file import CounterFileWriter
+from .gather import GatherClock
 from .mmsg import MmsgReceiver, available as mmsg_available
 from .preaggregate import FoldSpec, folders_for
 from .sockets import AddressCache, kernel_drops, open_udp
@@ -38,10 +39,6 @@ MAX_PACKETS = 512               # packets per receive batch
 BUF_BYTES = 8 << 20             # receive buffer: room for MAX_PACKETS jumbo datagrams
 RING_CHUNK = 8192               # records per ring write
 POLL_MS = 100
-# Receives that drained the socket are at least GATHER_S apart, so that below saturation a batch holds what
-# arrived in GATHER_S (the decoder's cost is mostly per batch, ~1 ms, not per flow); at saturation batches fill
-# (MAX_PACKETS) and nobody waits.  Latency is irrelevant to a collector that purges every minute.
-GATHER_S = 0.05
 STATS_EVERY_S = 1.0
 
 
@@ -244,7 +241,8 @@ def run_udp(shard: Shard, listener: Listener, sock: Optional[socket.socket] = No
     if shard.bus is not None:
         poller.register(shard.bus.socket, zmq.POLLIN)
     next_stats = time.monotonic() + STATS_EVERY_S
-    last_drained = 0.0          # when a receive last found the socket empty (or less than a full batch)
+    gather = GatherClock(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))    # below saturation: batches
+    since_drained = [0, 0]      # datagrams and payload bytes received since the socket was last found drained
     bus_socket = shard.bus.socket if shard.bus is not None else None
     try:
         shard.bus_receive()     # what arrived while the snapshot was taken
@@ -254,22 +252,26 @@ def run_udp(shard: Shard, listener: Listener, sock: Optional[socket.socket] = No
             if bus_socket in ready:
                 shard.bus_receive()
             if sock.fileno() in ready:                   # zmq reports plain sockets by fd
-                wait = last_drained + GATHER_S - time.monotonic()
+                wait = gather.wait(time.monotonic())
                 if wait > 0:
                     time.sleep(wait)
                 while not shard.stopping:
                     started = time.monotonic()
                     batch = batcher.receive()
                     if batch is None:
-                        last_drained = started
+                        gather.drained(started, *since_drained)
+                        since_drained = [0, 0]
                         break
                     took(len(batch))
                     shard.handle(batch)
                     done(len(batch))
                     beat()
                     shard.bus_receive()
+                    since_drained[0] += len(batch)
+                    since_drained[1] += int(batch.lengths.sum())
                     if len(batch) < MAX_PACKETS:          # the socket is drained: gather before the next one
-                        last_drained = started
+                        gather.drained(started, *since_drained)
+                        since_drained = [0, 0]
                         break
                     if time.monotonic() >= next_stats:
                         break

@@ -10,7 +10,7 @@ from ..schema import IPV4_MAPPED_PREFIX
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 # Without nfacctd_pipe_size a shard asks for this much: the kernel default (~200 KB, ~90 datagrams) cannot
-# hold what arrives while a shard gathers a batch (receiver.GATHER_S) or decodes one at 100k+ datagrams/s.
+# hold what arrives while a shard gathers a batch (gather.GatherClock) or decodes one at 100k+ datagrams/s.
 DEFAULT_RCVBUF = 32 << 20
 
 

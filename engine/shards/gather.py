@@ -1,0 +1,54 @@
+"""How long a shard lets datagrams gather on its socket before the next receive.
+
+Decoding costs ~0.5-1 ms per batch whatever its size, plus a cost per flow, and every wakeup of a process costs
+~0.1-0.3 ms: below saturation a shard should take its datagrams in batches of a few hundred, not as they
+trickle in.  After a receive that drained the socket, the next one waits until about TARGET_PACKETS datagrams
+are expected to be queued at the arrival rate measured over the last drains -- but never so long that traffic
+arriving at HEADROOM times that rate would fill more than QUEUE_SHARE of the socket's receive buffer (a burst
+must not become kernel drops), never longer than LONGEST_S (a shard silent for 0.5 s is called hung), never
+shorter than SHORTEST_S.  The rate estimate rises at once and falls slowly.  At saturation receives come back
+full (MAX_PACKETS) and nobody waits.  With more shards each sees a share of the traffic and waits longer, so
+batch sizes -- and CPU per flow -- stay what one shard has.  Latency is irrelevant to a collector that purges
+every minute.
+"""
+from __future__ import annotations
+
+SHORTEST_S = 0.02
+LONGEST_S = 0.15
+TARGET_PACKETS = 384            # 3/4 of receiver.MAX_PACKETS: a gathered queue fits one receive
+HEADROOM = 4.0                  # a burst this many times the measured rate ...
+QUEUE_SHARE = 0.5               # ... fills at most this share of the receive buffer while we wait
+TRUESIZE_FACTOR = 2.0           # the kernel charges a datagram ~2x its payload + ~0.6 KiB (skb, slab rounding)
+TRUESIZE_EXTRA = 640
+FALL = 0.3                      # weight of a lower newest rate in the estimate (a higher one replaces it)
+
+
+class GatherClock:
+    """drained(now, datagrams, payload_bytes) after each receive that left the socket empty, with what was
+    received since the previous one; wait(now): seconds to sleep before the next receive."""
+
+    def __init__(self, rcvbuf_bytes: int) -> None:
+        self.rcvbuf = max(1, rcvbuf_bytes)
+        self.last = 0.0                 # when the socket was last found drained (0: never)
+        self.datagrams_per_s = 0.0
+        self.charged_per_datagram = 0.0     # receive buffer bytes per datagram (truesize estimate)
+
+    def drained(self, now: float, datagrams: int, payload_bytes: int) -> None:
+        if self.last and now > self.last and datagrams:
+            rate = datagrams / (now - self.last)
+            old = self.datagrams_per_s
+            self.datagrams_per_s = rate if rate >= old else old + FALL * (rate - old)
+            self.charged_per_datagram = payload_bytes * TRUESIZE_FACTOR / datagrams + TRUESIZE_EXTRA
+        self.last = now
+
+    def interval(self) -> float:
+        """Seconds between drained receives at the measured rate."""
+        rate = self.datagrams_per_s
+        if rate <= 0:
+            return SHORTEST_S
+        wait = min(TARGET_PACKETS / rate,
+                   QUEUE_SHARE * self.rcvbuf / (HEADROOM * rate * max(1.0, self.charged_per_datagram)))
+        return max(SHORTEST_S, min(LONGEST_S, wait))
+
+    def wait(self, now: float) -> float:
+        return max(0.0, self.last + self.interval() - now)
