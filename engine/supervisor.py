@@ -38,7 +38,7 @@ from .shards.preaggregate import fold_specs
 from .config.tree import Config, Listener
 from .ipc import heartbeat
 from .ipc.heartbeat import Heartbeats, heartbeat_name
-from .ipc.ring import Ring, _proc_stat, _process_alive, cleanup_stale, ring_name
+from .ipc.ring import Ring, RingSpaceError, _proc_stat, _process_alive, cleanup_stale, ring_name
 from .ipc.template_bus import TemplateBus
 from .plugins import resolve_plugin
 from .proc import EXIT_CONFIG, HELD_SIGNALS, READY_DIR_ENV, ChildEnv, LogSetup, child_entry, reopen_logs
@@ -405,7 +405,7 @@ class Supervisor:
         try:
             try:
                 self.setup()
-            except ListenError as e:
+            except (ListenError, RingSpaceError) as e:
                 log.error("%s", e)
                 return 1
             for child in self.children:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -143,3 +144,17 @@ def test_sighup_status_and_stop(tmp_path):
         assert after.returncode == 3 and "not running" in after.stdout
     finally:
         c.kill()
+
+
+def test_rings_larger_than_dev_shm_are_a_clear_error_before_anything_starts(tmp_path):
+    """Rings are allocated when they are created: a plugin_pipe_size /dev/shm cannot hold stops the start with
+    exit 1 and says what to change, instead of a SIGBUS in a shard once traffic fills the ring."""
+    too_big = shutil.disk_usage("/dev/shm").total + (1 << 30)
+    (tmp_path / "c.conf").write_text(conf(free_udp_port(), tmp_path, f"plugin_pipe_size: {too_big}\n"))
+    before = set(os.listdir("/dev/shm"))
+    run = subprocess.run(pmengine_cmd("start", "-f", str(tmp_path / "c.conf")), cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 1, run.stderr
+    assert "cannot allocate" in run.stderr and "lower plugin_pipe_size or grow /dev/shm" in run.stderr
+    assert "started shard" not in run.stderr
+    assert not {n for n in set(os.listdir("/dev/shm")) - before if n.startswith("pme")}   # nothing left behind
