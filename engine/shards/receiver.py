@@ -35,8 +35,8 @@ from .stats import ShardStats
 
 log = logging.getLogger("pmengine.shard")
 
-MAX_PACKETS = 512               # packets per receive batch
-BUF_BYTES = 8 << 20             # receive buffer: room for MAX_PACKETS jumbo datagrams
+MAX_PACKETS = 1024              # packets per receive batch (gather.TARGET_PACKETS: batches below saturation)
+BUF_BYTES = 16 << 20            # without recvmmsg, the receive buffer: room for MAX_PACKETS 9000-byte datagrams
 RING_CHUNK = 8192               # records per ring write
 POLL_MS = 100
 STATS_EVERY_S = 1.0
