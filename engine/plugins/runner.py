@@ -20,7 +20,7 @@ from ..proc import busy
 from ..shards.stats import load_previous
 from .loop import IdlePause, RingLoop, install_signals
 
-IDLE_SLEEP = 0.02           # seconds to sleep when every ring is empty (loop.IdlePause: up to IDLE_SLEEP_MAX)
+IDLE_SLEEP = 0.05           # seconds to sleep when every ring is empty (loop.IdlePause: up to IDLE_SLEEP_MAX)
 IDLE_SLEEP_MAX = 0.1
 PURGE_BUSY_S = 600.0        # longest purge (sink retries included) before the supervisor calls it hung
 
