@@ -1,22 +1,24 @@
 """How long a shard lets datagrams gather on its socket before the next receive.
 
 Decoding costs ~0.5-1 ms per batch whatever its size, plus a cost per flow, and every wakeup of a process costs
-~0.1-0.3 ms -- and more for a large working set: a shard that slept finds its caches cold, and the same batch
-then costs ~30% more CPU (measured here: decode + fold of 384 datagrams, 0.25 us/flow back to back, 0.33 after
-a 5-50 ms sleep; 768 datagrams after 100 ms: 0.28).  So below saturation a shard takes its datagrams in
-batches of several hundred, not as they trickle in.  After a receive that drained the socket, the next one waits until about TARGET_PACKETS datagrams
-are expected to be queued at the arrival rate measured over the last drains -- but never so long that traffic
-arriving at HEADROOM times that rate would fill more than QUEUE_SHARE of the socket's receive buffer (a burst
-must not become kernel drops), never longer than LONGEST_S (a shard silent for 0.5 s is called hung), never
-shorter than SHORTEST_S.  The rate estimate rises at once and falls slowly.  At saturation receives come back
-full (MAX_PACKETS) and nobody waits.  With more shards each sees a share of the traffic and waits longer, so
-batch sizes -- and CPU per flow -- stay what one shard has.  Latency is irrelevant to a collector that purges
-every minute.
+~0.1-0.3 ms -- more for a large working set: a shard that slept finds its caches cold, and the same batch then
+costs ~30% more CPU (measured here: decode + fold of 384 datagrams, 0.25 us/flow back to back, 0.33 after a
+5-50 ms sleep; 768 datagrams after 100 ms: 0.28).  So below saturation a shard takes its datagrams in batches
+of several hundred, not as they trickle in.
+
+After a receive that drained the socket, the next one waits until about TARGET_PACKETS datagrams are expected
+to be queued at the arrival rate measured over the last drains -- but never so long that traffic arriving at
+HEADROOM times that rate would fill more than QUEUE_SHARE of the socket's receive buffer (a burst must not
+become kernel drops), never longer than LONGEST_S (the shard declares the wait to the supervisor's hang watch
+with proc.busy), never shorter than SHORTEST_S.  The rate estimate rises at once and falls slowly.  At
+saturation receives come back full (MAX_PACKETS) and nobody waits.  With more shards each sees a share of the
+traffic and waits longer, so batch sizes -- and CPU per flow -- stay what one shard has.  Latency is
+irrelevant to a collector that purges every minute.
 """
 from __future__ import annotations
 
 SHORTEST_S = 0.02
-LONGEST_S = 0.15
+LONGEST_S = 0.3
 TARGET_PACKETS = 768            # 3/4 of receiver.MAX_PACKETS: a gathered queue fits one receive
 HEADROOM = 4.0                  # a burst this many times the measured rate ...
 QUEUE_SHARE = 0.5               # ... fills at most this share of the receive buffer while we wait

@@ -254,6 +254,7 @@ def run_udp(shard: Shard, listener: Listener, sock: Optional[socket.socket] = No
             if sock.fileno() in ready:                   # zmq reports plain sockets by fd
                 wait = gather.wait(time.monotonic())
                 if wait > 0:
+                    busy(wait)                  # the hang watch counts from the end of the wait
                     time.sleep(wait)
                 while not shard.stopping:
                     started = time.monotonic()
