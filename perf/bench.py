@@ -70,6 +70,7 @@ class Result:
     bytes_kept: float = 0.0
     rows: int = 0
     peak_rss: int = 0
+    peak_pss: int = 0           # Σ Pss: shared pages (pmengine's rings, nfacctd's pipes) counted once, not per process
     kernel_drops: int = 0
     ring_drops: int = 0
     exporters_exact: int = 0    # exporters whose Σ bytes equals the generator's (catches misattributed flows)
@@ -82,6 +83,10 @@ class Result:
     @property
     def rss_per_m_entries(self) -> float:
         return self.peak_rss / (self.rows / 1e6) if self.rows else 0.0
+
+    @property
+    def pss_per_m_entries(self) -> float:
+        return self.peak_pss / (self.rows / 1e6) if self.rows else 0.0
 
 
 # -- /proc ----------------------------------------------------------------------------------------------
@@ -108,6 +113,18 @@ def cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / CLK
     except (OSError, IndexError):
         return None
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: each shared page counts 1/N in each of the N processes mapping it."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
 
 
 def rss_bytes(pid: int) -> int:
@@ -148,8 +165,12 @@ def holds_socket(pid: int, inodes: set[str]) -> bool:
     return False
 
 
+PSS_EVERY = 3
+
+
 class TreeSampler(threading.Thread):
-    """Every 100 ms: last CPU seen per pid, peak Σ RSS, and which pids hold the collector's socket."""
+    """Every 100 ms: last CPU seen per pid, peak Σ RSS, and which pids hold the collector's socket; every
+    PSS_EVERY samples peak Σ PSS (smaps_rollup walks the page tables: ~1 ms for a large process)."""
 
     def __init__(self, root: int, port: int) -> None:
         super().__init__(daemon=True)
@@ -157,6 +178,8 @@ class TreeSampler(threading.Thread):
         self.cpu: dict[int, float] = {}
         self.receivers: set[int] = set()
         self.peak_rss = 0
+        self.peak_pss = 0
+        self.samples = 0
         self.stop_flag = threading.Event()
         self.sample()
 
@@ -169,6 +192,9 @@ class TreeSampler(threading.Thread):
                 self.cpu[p] = c
             rss += rss_bytes(p)
         self.peak_rss = max(self.peak_rss, rss)
+        if self.samples % PSS_EVERY == 0:
+            self.peak_pss = max(self.peak_pss, sum(pss_bytes(p) for p in pids))
+        self.samples += 1
         inodes, _ = udp_sockets(self.port)
         self.receivers |= {p for p in pids if p not in self.receivers and holds_socket(p, inodes)}
 
@@ -191,7 +217,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def print_conf(scenario: Scenario, daemon: str, port: int, out: Path, renormalize: bool) -> str:
+REFERENCE_PIPE = 204800000     # nfacctd/sfacctd's plugin_pipe_size here (with its 4 MB default it drops)
+
+
+def print_conf(scenario: Scenario, daemon: str, port: int, out: Path, renormalize: bool,
+               shards: int = 1, same_pipe: bool = False) -> str:
+    """The collector's config; same_pipe: pmengine's rings (one per shard) hold REFERENCE_PIPE bytes in all,
+    like the reference's one pipe (the zero-loss sweep compares the same buffering; the CPU/memory table
+    runs pmengine with its default rings)."""
     prefix = "sfacctd" if scenario.protocol == "sflow" else "nfacctd"
     conf = (f"{prefix}_port: {port}\n{prefix}_ip: 127.0.0.1\n{prefix}_pipe_size: 8388608\n"
             f"plugins: print[p]\naggregate: {AGGREGATES[scenario.aggregate]}\nprint_output: csv\n"
@@ -199,7 +232,9 @@ def print_conf(scenario: Scenario, daemon: str, port: int, out: Path, renormaliz
     if renormalize:
         conf += f"{prefix}_renormalize: true\n"
     if daemon != "pmengine":
-        conf = "daemonize: false\nplugin_pipe_size: 204800000\nplugin_buffer_size: 204800\n" + conf
+        conf = f"daemonize: false\nplugin_pipe_size: {REFERENCE_PIPE}\nplugin_buffer_size: 204800\n" + conf
+    elif same_pipe:
+        conf += f"plugin_pipe_size: {REFERENCE_PIPE // shards}\n"
     return conf
 
 
@@ -259,15 +294,15 @@ def ring_drops(log_text: str) -> int:
 
 
 def run_collector(scenario: Scenario, collector: str, pcap_payloads: list, expected: dict, rate_fps: float,
-                  work: Path, renormalize: bool) -> Result:
+                  work: Path, renormalize: bool, same_pipe: bool = False) -> Result:
     """One run: start, listen, replay at rate_fps flows/s, drain, stop, measure."""
     port = free_port()
     out = work / f"{collector}.csv"
     out.unlink(missing_ok=True)
     daemon = collector.split("-")[0]
     conf = work / f"{collector}.conf"
-    conf.write_text(print_conf(scenario, daemon, port, out, renormalize))
     shards = int(collector.split("-")[1]) if daemon == "pmengine" else 1
+    conf.write_text(print_conf(scenario, daemon, port, out, renormalize, shards, same_pipe))
     if daemon == "pmengine":
         cmd = [sys.executable, "-m", "engine.cli", "start", "--shards", str(shards), "-f", str(conf)]
     else:
@@ -300,6 +335,7 @@ def run_collector(scenario: Scenario, collector: str, pcap_payloads: list, expec
         res.run_cpu = max(sampler.total(), waited) - res.startup_cpu
         res.receiver_cpu = sampler.receiver_total() - receivers_startup
         res.peak_rss = sampler.peak_rss
+        res.peak_pss = sampler.peak_pss
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -342,14 +378,16 @@ def median_result(results: list[Result]) -> Result:
 
 def format_table(rows: list[tuple[Scenario, Result, Result | None]]) -> str:
     head = (f"{'scenario':13} {'collector':11} {'flows':>8} {'rate f/s':>9} {'start s':>7} {'µs/flow':>8} "
-            f"{'ratio':>6} {'kept %':>7} {'exp ok':>6} {'rows':>7} {'peak RSS MB':>11} {'MB/M rows':>9} {'kdrops':>6} "
+            f"{'ratio':>6} {'kept %':>7} {'exp ok':>6} {'rows':>7} {'peak RSS MB':>11} {'MB/M rows':>9} {'PSS MB':>7} "
+            f"{'MB/M rows':>9} {'kdrops':>6} "
             f"{'rdrops':>6}")
     lines = [head, "-" * len(head)]
     for sc, r, ref in rows:
         ratio = f"{r.us_per_flow / ref.us_per_flow:6.2f}" if ref is not None and ref.us_per_flow else f"{'':6}"
         lines.append(f"{sc.name:13} {r.collector:11} {r.flows:8d} {r.send_rate:9,.0f} {r.startup_cpu:7.2f} "
                      f"{r.us_per_flow:8.2f} {ratio} {100 * r.bytes_kept:7.2f} {r.exporters_exact:6d} {r.rows:7d} "
-                     f"{r.peak_rss / 2**20:11.1f} {r.rss_per_m_entries / 2**20:9.0f} {r.kernel_drops:6d} "
+                     f"{r.peak_rss / 2**20:11.1f} {r.rss_per_m_entries / 2**20:9.0f} {r.peak_pss / 2**20:7.1f} "
+                     f"{r.pss_per_m_entries / 2**20:9.0f} {r.kernel_drops:6d} "
                      f"{r.ring_drops:6d}")
     return "\n".join(lines)
 
@@ -402,14 +440,14 @@ def sweep(scenarios: list[Scenario], flows: int, shards: list[int], work: Path, 
         for collector in collectors_of(sc, shards):
             ok, bad = 0.0, None
             lo, hi = low, high
-            r = run_collector(sc, collector, payloads, expected, hi, work, False)
+            r = run_collector(sc, collector, payloads, expected, hi, work, False, same_pipe=True)
             if r.bytes_kept >= 1.0:
                 ok = r.send_rate
             else:
                 bad = hi
                 for _ in range(steps):
                     mid = (lo + hi) / 2
-                    r = run_collector(sc, collector, payloads, expected, mid, work, False)
+                    r = run_collector(sc, collector, payloads, expected, mid, work, False, same_pipe=True)
                     if r.bytes_kept >= 1.0:
                         ok, lo = max(ok, r.send_rate), mid
                     else:

@@ -74,3 +74,20 @@ def test_idle_collector_wakes_about_ten_times_a_second_per_process(collector_fac
     t0 = time.monotonic()
     assert c.stop(30) == 0
     assert time.monotonic() - t0 < 5              # the supervisor heard SIGTERM at once and stopped everyone
+
+
+def test_idle_pause_shortens_when_records_come_fast():
+    capacity = 135_000
+    pause = IdlePause(0.05, 0.1, [capacity])
+    t = 100.0
+    for _ in range(5):                           # 40k records every 25 ms: 1.6M records/s
+        t += 0.025
+        pause.busy(40_000, t)
+    assert pause.pause() == pytest.approx(capacity / 2 / 1.6e6, rel=0.01)     # ~42 ms, not 50: half a ring
+    t += 1.0
+    pause.busy(1000, t)                          # then a trickle: the estimate falls slowly, not at once
+    assert pause.rate == pytest.approx(1.6e6 + IdlePause.FALL * (1000 - 1.6e6))
+    pause2 = IdlePause(0.05, 0.1, [capacity])
+    pause2.busy(1000, 5.0)
+    pause2.busy(1000, 6.0)                       # 1000 records/s: the shortest sleep
+    assert pause2.pause() == 0.05

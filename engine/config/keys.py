@@ -117,7 +117,7 @@ CORE_AND_PRINT_KEYS: tuple[Key, ...] = (
         format=format_plugins, doc="pmacct defaults to memory, not implemented yet: pmengine defaults to print"),
     Key("aggregate", parse_aggregate, PLUGIN, ("src_host",), ("plugin.aggregate",), format=format_list,
         doc="pmacct's default is src_host"),
-    Key("plugin_pipe_size", positive_int, PLUGIN, 64 * 1024 * 1024, ("plugin.pipe_size",)),
+    Key("plugin_pipe_size", positive_int, PLUGIN, 32 * 1024 * 1024, ("plugin.pipe_size",)),
     Key("plugin_buffer_size", positive_int, PLUGIN, 64 * 1024, ("plugin.buffer_size",)),
     Key("timestamps_since_epoch", parse_bool, PLUGIN, False, ("plugin.timestamps_since_epoch",), format=format_bool),
     Key("timestamps_utc", parse_bool, PLUGIN, False, ("plugin.timestamps_utc",), format=format_bool),

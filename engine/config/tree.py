@@ -25,7 +25,7 @@ class PluginConfig:
     name: str                       # the name in `plugins: print[name]` ("default" when unnamed)
     type: str                       # "print" (later: "memory", "pgsql", "kafka")
     aggregate: tuple[str, ...] = ("src_host", "dst_host")   # validated primitive names, in config order
-    pipe_size: int = 64 * 1024 * 1024      # plugin_pipe_size: ring bytes per (shard, plugin)
+    pipe_size: int = 32 * 1024 * 1024      # plugin_pipe_size: ring bytes per (shard, plugin): 135k records
     buffer_size: int = 64 * 1024           # plugin_buffer_size: accepted, used as the batch hint
     refresh_time: int = 60                 # print_refresh_time, seconds
     history: Optional[str] = None          # print_history as written: "5m", "1h", "1d", "1w", "1M"

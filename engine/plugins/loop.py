@@ -27,20 +27,37 @@ RING_RATE_BOUND = 1_000_000  # records/s one ring is assumed to take at most, wh
 class IdlePause:
     """How long a loop sleeps after a turn that found its rings empty: `shortest` after a turn that read
     records, twice as long per empty turn after that, up to `longest` -- and never longer than half the
-    smallest ring takes to fill at RING_RATE_BOUND.  Every wakeup of an idle process costs ~0.1-0.3 ms of CPU
-    on a VM (cold caches); a fixed 20 ms sleep cost an idle plugin ~1% of a core."""
+    smallest ring takes to fill at RING_RATE_BOUND, nor at the rate records were read lately (rises at once,
+    falls slowly).  Every wakeup of an idle process costs ~0.1-0.3 ms of CPU on a VM (cold caches); a fixed
+    20 ms sleep cost an idle plugin ~1% of a core."""
+
+    FALL = 0.3                  # weight of a lower newest rate in the estimate
 
     def __init__(self, shortest: float, longest: float, ring_capacities: list[int]) -> None:
-        bound = min(ring_capacities, default=0) / 2 / RING_RATE_BOUND
+        self.ring = min(ring_capacities, default=0)
+        bound = self.ring / 2 / RING_RATE_BOUND
         self.shortest = shortest
         self.longest = max(shortest, min(longest, bound)) if ring_capacities else shortest
         self.now = shortest
+        self.rate = 0.0                 # records/s read lately
+        self.last = 0.0                 # when a turn last read records
 
-    def busy(self) -> None:
+    def busy(self, records: int = 0, now: float = 0.0) -> None:
+        """A turn read `records` (at monotonic time `now`)."""
+        if records and now > self.last > 0:
+            rate = records / (now - self.last)
+            self.rate = rate if rate >= self.rate else self.rate + self.FALL * (rate - self.rate)
+        if records:
+            self.last = now
         self.now = self.shortest
 
+    def pause(self) -> float:
+        if self.rate > 0 and self.ring:
+            return max(0.001, min(self.now, self.ring / 2 / self.rate))
+        return self.now
+
     def sleep(self) -> None:
-        time.sleep(self.now)
+        time.sleep(self.pause())
         self.now = min(self.longest, self.now * 2)
 
 

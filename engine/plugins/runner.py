@@ -156,7 +156,7 @@ class PluginLoop(RingLoop):
             self.purge()
         self.serve_requests(now)
         if got:
-            self.pause.busy()
+            self.pause.busy(got, time.monotonic())
         else:
             self.pause.sleep()
         return True

@@ -74,7 +74,7 @@ class MemoryLoop(RingLoop):
             self.log.warning("memory table full (%s rows): new keys are dropped", self.table.max_rows)
         self.serve_requests(time.time())
         if got or served:
-            self.pause.busy()
+            self.pause.busy(got, time.monotonic())
         else:
             self.pause.sleep()
         return True
