@@ -32,6 +32,8 @@ class IdlePause:
     20 ms sleep cost an idle plugin ~1% of a core."""
 
     FALL = 0.3                  # weight of a lower newest rate in the estimate
+    WINDOW_S = 0.1              # the rate is measured over at least this long (records a turn reads piled up
+                                # since before the previous turn: back-to-back turns would inflate it)
 
     def __init__(self, shortest: float, longest: float, ring_capacities: list[int]) -> None:
         self.ring = min(ring_capacities, default=0)
@@ -40,16 +42,23 @@ class IdlePause:
         self.longest = max(shortest, min(longest, bound)) if ring_capacities else shortest
         self.now = shortest
         self.rate = 0.0                 # records/s read lately
-        self.last = 0.0                 # when a turn last read records
+        self.window_start = 0.0         # the current measuring window: since when, how many records
+        self.window_records = 0
 
     def busy(self, records: int = 0, now: float = 0.0) -> None:
         """A turn read `records` (at monotonic time `now`)."""
-        if records and now > self.last > 0:
-            rate = records / (now - self.last)
-            self.rate = rate if rate >= self.rate else self.rate + self.FALL * (rate - self.rate)
-        if records:
-            self.last = now
         self.now = self.shortest
+        if not records:
+            return
+        if not self.window_start:
+            self.window_start = now
+            return
+        self.window_records += records
+        span = now - self.window_start
+        if span >= self.WINDOW_S:
+            rate = self.window_records / span
+            self.rate = rate if rate >= self.rate else self.rate + self.FALL * (rate - self.rate)
+            self.window_start, self.window_records = now, 0
 
     def pause(self) -> float:
         if self.rate > 0 and self.ring:
