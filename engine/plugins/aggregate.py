@@ -77,11 +77,9 @@ class KeySpec:
     with_flows: bool                # print the FLOWS counter
     dtype: np.dtype                 # packed key dtype, itemsize a multiple of 8 (>= 8)
     history: bool
-    gather: np.ndarray              # per key byte: the record byte it copies (derived bytes: 0, overwritten)
     derived: tuple[str, ...]        # key fields computed rather than copied
     or_flags: bool                  # tcpflags selected: OR-ed over the group, not part of the key
-    plan: tuple = ()                # gather_plan(dtype): record columns by word width (shards.preaggregate)
-    runs: tuple = ()                # copy_runs(dtype): how build_keys copies record bytes
+    runs: tuple                     # copy_runs(dtype): how build_keys copies record bytes
 
     @property
     def counters(self) -> int:
@@ -114,44 +112,21 @@ class KeySpec:
             fields.append(("family", "u1"))
         if "peer_dst_ip" in prims:
             fields.append(("peer_dst_missing", "u1"))      # sFlow: no next hop exported (render.peer_text)
-        fields.sort(key=_alignment_rank)            # aligned fields first: wide gathers, see gather_plan
+        fields.sort(key=_alignment_rank)            # aligned fields first: runs copied as plain ints (_item_type)
         width = sum(np.dtype([f]).itemsize for f in fields)
         pad = (-width) % 8 if width else 8
         if pad:
             fields.append(("_pad", "u1", (pad,)))
         dtype = np.dtype(fields)
-        gather = np.zeros(dtype.itemsize, dtype=np.intp)
-        derived = []
-        for name in dtype.names:
-            ftype, koff = dtype.fields[name][:2]
-            if name in RECORD_DTYPE.names:
-                roff = RECORD_DTYPE.fields[name][1]
-                gather[koff:koff + ftype.itemsize] = np.arange(roff, roff + ftype.itemsize)
-            else:
-                derived.append(name)
-        return cls(tuple(prims), "flows" in aggregate, dtype, history, gather, tuple(derived),
-                   any(p in OR_PRIMITIVES for p in prims), gather_plan(dtype), copy_runs(dtype))
+        derived = tuple(name for name in dtype.names if name not in RECORD_DTYPE.names)
+        return cls(tuple(prims), "flows" in aggregate, dtype, history, derived,
+                   any(p in OR_PRIMITIVES for p in prims), copy_runs(dtype))
 
 
 def _alignment_rank(field: tuple) -> int:
     """Sort rank of a key field: power-of-two sizes largest first, then the others (MACs, labels)."""
     size = np.dtype([field]).itemsize
     return -min(size, 16) if size & (size - 1) == 0 else 1
-
-
-def gather_plan(dtype: np.dtype) -> tuple[tuple[int, np.ndarray, np.ndarray], ...]:
-    """(width, key columns, record columns) per word width 8/4/2/1: the copied key fields, as few wide
-    fancy-index copies as the offsets allow (much cheaper than copying byte by byte)."""
-    cols: dict[int, tuple[list, list]] = {w: ([], []) for w in (8, 4, 2, 1)}
-    for name in dtype.names:
-        if name not in RECORD_DTYPE.names:
-            continue
-        ftype, koff = dtype.fields[name][:2]
-        roff, size = RECORD_DTYPE.fields[name][1], ftype.itemsize
-        width = next(w for w in (8, 4, 2, 1) if koff % w == 0 and roff % w == 0 and size % w == 0)
-        cols[width][0].extend(range(koff // width, (koff + size) // width))
-        cols[width][1].extend(range(roff // width, (roff + size) // width))
-    return tuple((w, np.array(k, np.intp), np.array(r, np.intp)) for w, (k, r) in cols.items() if k)
 
 
 def copy_runs(dtype: np.dtype) -> tuple[tuple[int, int, int], ...]:
@@ -184,7 +159,7 @@ def build_keys(records: np.ndarray, spec: KeySpec, bins: Optional[TimeBins], use
     keys = np.zeros(n, dtype=spec.dtype)
     dst = keys.view(np.uint8).reshape(n, spec.dtype.itemsize)
     src = records.view(np.uint8).reshape(n, RECORD_DTYPE.itemsize)
-    for koff, roff, size in spec.runs or copy_runs(spec.dtype):
+    for koff, roff, size in spec.runs:
         item = _item_type(koff, roff, size)
         dst[:, koff:koff + size].view(item)[:, 0] = src[:, roff:roff + size].view(item)[:, 0]
     for name in spec.derived:
