@@ -11,6 +11,7 @@ import importlib
 import logging
 import logging.handlers
 import os
+import select
 import signal
 import sys
 import time
@@ -136,6 +137,30 @@ def done(datagrams: int) -> None:
     """The datagrams taken are decoded and their records are in the rings."""
     if _Child.beats is not None:
         _Child.beats.finished(_Child.slot, datagrams)
+
+
+class SignalWakeup:
+    """A pipe the interpreter writes a byte to on every signal (signal.set_wakeup_fd; main thread, one per
+    process): a process that sleeps in select/poll on `fd` wakes at once for a signal instead of sleeping out
+    its timeout (time.sleep resumes after the handler)."""
+
+    def __init__(self) -> None:
+        self.fd, wake = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(wake, False)
+        signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
+
+    def clear(self) -> None:
+        try:
+            while os.read(self.fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def sleep(self, seconds: float) -> None:
+        """Up to `seconds`, less when a signal arrives."""
+        if select.select([self.fd], [], [], seconds)[0]:
+            self.clear()
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3         # glibc mallopt parameters

@@ -41,7 +41,8 @@ from .ipc.heartbeat import Heartbeats, heartbeat_name
 from .ipc.ring import Ring, RingSpaceError, _proc_stat, _process_alive, cleanup_stale, ring_name
 from .ipc.template_bus import TemplateBus
 from .plugins import resolve_plugin
-from .proc import EXIT_CONFIG, HELD_SIGNALS, READY_DIR_ENV, ChildEnv, LogSetup, child_entry, reopen_logs
+from .proc import (EXIT_CONFIG, HELD_SIGNALS, READY_DIR_ENV, ChildEnv, LogSetup, SignalWakeup, child_entry,
+                   reopen_logs)
 from .schema import RECORD_DTYPE
 from .shards.sockets import open_udp
 
@@ -144,7 +145,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.bus: Optional[TemplateBus] = None
         self.signals: list[int] = []
-        self._signal_fd = -1                # install_signals(): the read end of the signal wakeup pipe
+        self._signal_wakeup: Optional[SignalWakeup] = None     # install_signals(): wait_turn wakes for signals
         self.stopping = False
         self.exit_code = 0
         self.ops = None                 # engine.ops.services.OpsServices: locator files, Prometheus, SIGUSR1 summary
@@ -237,14 +238,11 @@ class Supervisor:
     def wait_turn(self) -> set:
         """Sleep up to TURN_S, less when a child ends or a signal arrives; the sentinels of ended children."""
         watched = [c.process.sentinel for c in self.children if c.process is not None and not c.finished]
-        ready = set(wait_for_any(watched + [self._signal_fd] if self._signal_fd >= 0 else watched, TURN_S))
-        if self._signal_fd >= 0 and self._signal_fd in ready:
-            try:
-                while os.read(self._signal_fd, 512):
-                    pass
-            except BlockingIOError:
-                pass
-            ready.discard(self._signal_fd)
+        wake = self._signal_wakeup
+        ready = set(wait_for_any(watched + [wake.fd] if wake is not None else watched, TURN_S))
+        if wake is not None and wake.fd in ready:
+            wake.clear()
+            ready.discard(wake.fd)
         return ready
 
     def reap(self, ended: Optional[set] = None) -> None:
@@ -349,11 +347,7 @@ class Supervisor:
     def install_signals(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
             signal.signal(sig, lambda s, _f: self.signals.append(s))
-        # a byte per signal on a pipe wait_turn() watches: the loop wakes at once, not at its next turn
-        self._signal_fd, wake_w = os.pipe()
-        os.set_blocking(self._signal_fd, False)
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        self._signal_wakeup = SignalWakeup()    # wait_turn() wakes at once for a signal, not at its next turn
 
     def dispatch_signals(self) -> None:
         while self.signals:

@@ -9,21 +9,27 @@ from engine.shards.gather import (HEADROOM, LONGEST_S, QUEUE_SHARE, SHORTEST_S, 
 BIG = 1 << 30           # a receive buffer that never limits
 
 
+def drain(clock: GatherClock, t: float, datagrams: int, payload_bytes: int) -> None:
+    """What a shard does: the receives' datagrams, then the socket found drained at t."""
+    clock.received(datagrams, payload_bytes)
+    clock.drained(t)
+
+
 def steady(clock: GatherClock, per_s: float, size: int = 1300, rounds: int = 5, t: float = 100.0) -> float:
     """Drains at the clock's own pace with datagrams arriving at per_s; the time of the last drain."""
-    clock.drained(t, 0, 0)
+    drain(clock, t, 0, 0)
     for _ in range(rounds):
         dt = max(clock.interval(), 1e-3)
         t += dt
         n = int(per_s * dt)
-        clock.drained(t, n, n * size)
+        drain(clock, t, n, n * size)
     return t
 
 
 def test_first_receives_wait_the_shortest():
     clock = GatherClock(BIG)
     assert clock.wait(10.0) == 0.0                  # never drained: receive now
-    clock.drained(10.0, 3, 3000)                    # no interval measured yet
+    drain(clock, 10.0, 3, 3000)                    # no interval measured yet
     assert clock.interval() == SHORTEST_S
     assert clock.wait(10.0) == pytest.approx(SHORTEST_S)
     assert clock.wait(10.0 + SHORTEST_S + 1) == 0.0
@@ -63,8 +69,8 @@ def test_rate_rises_at_once_and_falls_slowly():
     t = steady(clock, 2000)
     slow_wait = clock.interval()
     t += 0.05
-    clock.drained(t, 1000, 1_300_000)               # 20k datagrams/s now: the next wait is short at once
+    drain(clock, t, 1000, 1_300_000)               # 20k datagrams/s now: the next wait is short at once
     assert clock.interval() == pytest.approx(TARGET_PACKETS / 20_000)
     t += 1.0
-    clock.drained(t, 2000, 2_600_000)               # back to 2000/s: one drain does not undo it
+    drain(clock, t, 2000, 2_600_000)               # back to 2000/s: one drain does not undo it
     assert clock.interval() < slow_wait / 2

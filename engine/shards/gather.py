@@ -28,22 +28,31 @@ FALL = 0.3                      # weight of a lower newest rate in the estimate 
 
 
 class GatherClock:
-    """drained(now, datagrams, payload_bytes) after each receive that left the socket empty, with what was
-    received since the previous one; wait(now): seconds to sleep before the next receive."""
+    """received(datagrams, payload_bytes) after each receive; drained(now) when one left the socket empty;
+    wait(now): seconds to sleep before the next receive."""
 
     def __init__(self, rcvbuf_bytes: int) -> None:
         self.rcvbuf = max(1, rcvbuf_bytes)
         self.last = 0.0                 # when the socket was last found drained (0: never)
+        self.datagrams = 0              # received since then, and their payload bytes
+        self.payload_bytes = 0
         self.datagrams_per_s = 0.0
         self.charged_per_datagram = 0.0     # receive buffer bytes per datagram (truesize estimate)
 
-    def drained(self, now: float, datagrams: int, payload_bytes: int) -> None:
+    def received(self, datagrams: int, payload_bytes: int) -> None:
+        self.datagrams += datagrams
+        self.payload_bytes += payload_bytes
+
+    def drained(self, now: float) -> None:
+        """The socket was found drained at `now`: what was received since the last drain gives the rate."""
+        datagrams = self.datagrams
         if self.last and now > self.last and datagrams:
             rate = datagrams / (now - self.last)
             old = self.datagrams_per_s
             self.datagrams_per_s = rate if rate >= old else old + FALL * (rate - old)
-            self.charged_per_datagram = payload_bytes * TRUESIZE_FACTOR / datagrams + TRUESIZE_EXTRA
+            self.charged_per_datagram = self.payload_bytes * TRUESIZE_FACTOR / datagrams + TRUESIZE_EXTRA
         self.last = now
+        self.datagrams = self.payload_bytes = 0
 
     def interval(self) -> float:
         """Seconds between drained receives at the measured rate."""

@@ -25,7 +25,7 @@ from ..ipc.template_bus import BusClient, BusEndpoints
 from ..maps import MapError
 from ..maps.sampling import apply_sampling_map, load_sampling_map, renormalize
 from ..pcap import PcapStats, iter_udp
-from ..proc import beat, busy, done, handlers_installed, took
+from ..proc import SignalWakeup, beat, busy, done, handlers_installed, took
 from .counter_file import CounterFileWriter
 from .gather import GatherClock
 from .mmsg import MmsgReceiver, available as mmsg_available
@@ -242,7 +242,7 @@ def run_udp(shard: Shard, listener: Listener, sock: Optional[socket.socket] = No
         poller.register(shard.bus.socket, zmq.POLLIN)
     next_stats = time.monotonic() + STATS_EVERY_S
     gather = GatherClock(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))    # below saturation: batches
-    since_drained = [0, 0]      # datagrams and payload bytes received since the socket was last found drained
+    wakeup = SignalWakeup()     # SIGTERM ends a gather wait at once (up to gather.LONGEST_S)
     bus_socket = shard.bus.socket if shard.bus is not None else None
     try:
         shard.bus_receive()     # what arrived while the snapshot was taken
@@ -255,24 +255,21 @@ def run_udp(shard: Shard, listener: Listener, sock: Optional[socket.socket] = No
                 wait = gather.wait(time.monotonic())
                 if wait > 0:
                     busy(wait)                  # the hang watch counts from the end of the wait
-                    time.sleep(wait)
+                    wakeup.sleep(wait)
                 while not shard.stopping:
                     started = time.monotonic()
                     batch = batcher.receive()
                     if batch is None:
-                        gather.drained(started, *since_drained)
-                        since_drained = [0, 0]
+                        gather.drained(started)
                         break
                     took(len(batch))
                     shard.handle(batch)
                     done(len(batch))
                     beat()
                     shard.bus_receive()
-                    since_drained[0] += len(batch)
-                    since_drained[1] += int(batch.lengths.sum())
+                    gather.received(len(batch), int(batch.lengths.sum()))
                     if len(batch) < MAX_PACKETS:          # the socket is drained: gather before the next one
-                        gather.drained(started, *since_drained)
-                        since_drained = [0, 0]
+                        gather.drained(started)
                         break
                     if time.monotonic() >= next_stats:
                         break
