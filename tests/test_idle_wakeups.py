@@ -14,19 +14,21 @@ import time
 import pytest
 
 from conftest import free_udp_port
+from engine.plugins import loop
 from engine.plugins.loop import RING_RATE_BOUND, IdlePause
 from engine_probe import children, runtime_dir
 
 
-def test_idle_pause_doubles_to_its_cap_and_resets_on_records():
+def test_idle_pause_doubles_to_its_cap_and_resets_on_records(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr(loop.time, "sleep", slept.append)      # loop.py's time module: record, do not sleep
     pause = IdlePause(0.02, 0.1, [1 << 20])
-    slept = []
     for _ in range(5):
-        slept.append(pause.now)
-        pause.now = min(pause.longest, pause.now * 2)       # what sleep() does after sleeping
+        pause.sleep()
     assert slept == [0.02, 0.04, 0.08, 0.1, 0.1]
     pause.busy()
-    assert pause.now == 0.02
+    pause.sleep()
+    assert slept[-1] == 0.02
 
 
 def test_idle_pause_never_outlasts_half_a_small_ring():
