@@ -159,6 +159,9 @@ def test_plugin_killed_then_hung(collector_factory, tmp_path):
     dest, rng, expected = ("127.0.0.1", port), random.Random(5), Counter()
     source = V9Source("127.0.0.30", 1, 1, rng)
     try:
+        # the first plugin must have started (its filter compiled) before it is killed: else its successor's
+        # "started" line is the only one and the wait for two below times out
+        wait_for(lambda: "plugin out started" in collector.log_path.read_text(), 10, "plugin started")
         victim = children(folder)["plugin-print-out"]["pid"]
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
