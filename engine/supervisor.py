@@ -18,6 +18,7 @@ CRASH_LOOP_RESTARTS times in CRASH_LOOP_WINDOW_S backs off (0.5 s doubling to
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import logging
@@ -41,6 +42,7 @@ from .ipc.heartbeat import Heartbeats, heartbeat_name
 from .ipc.ring import Ring, RingSpaceError, _proc_stat, _process_alive, cleanup_stale, ring_name
 from .ipc.template_bus import TemplateBus
 from .plugins import resolve_plugin
+from .shards.partition import partition_specs
 from .proc import (EXIT_CONFIG, HELD_SIGNALS, READY_DIR_ENV, ChildEnv, LogSetup, SignalWakeup, child_entry,
                    reopen_logs)
 from .schema import RECORD_DTYPE
@@ -174,19 +176,25 @@ class Supervisor:
         total = self.shards * len(listeners)      # N shards per listener; shard i serves listeners[i // N]
         self.bus = TemplateBus(self.runtime_dir, persist_path=core.templates_file)
         self.bus.start()
-        ring_names: dict[int, list[str]] = {i: [] for i in range(total)}
-        plugin_rings: dict[str, list[str]] = {p.name: [] for p in self.config.plugins}
+        # a ring per (shard, plugin worker): shard i writes ring_names[i][plugin][worker]
+        ring_names: dict[int, list[list[str]]] = {i: [] for i in range(total)}
         for p in self.config.plugins:
-            capacity = max(1024, p.pipe_size // RECORD_DTYPE.itemsize)
+            capacity = max(1024, p.pipe_size // RECORD_DTYPE.itemsize // p.workers)   # workers share pipe_size
+            worker_rings: list[list[str]] = [[] for _ in range(p.workers)]
             for i in range(total):
-                ring = Ring.create(ring_name(f"{SHM_PREFIX}{self.run_id}", i, p.name), capacity)
-                self.rings.append(ring)
-                ring_names[i].append(ring.name)
-                plugin_rings[p.name].append(ring.name)
-        for p in self.config.plugins:
-            self.children.append(Child(
-                "plugin", f"plugin-{p.type}-{p.name}", resolve_plugin(p.type),
-                (p, core, plugin_rings[p.name], self._stats_path(f"plugin-{p.name}"))))
+                ring_names[i].append([])
+                for k in range(p.workers):
+                    label = p.name if p.workers == 1 else f"{p.name}#{k}"
+                    ring = Ring.create(ring_name(f"{SHM_PREFIX}{self.run_id}", i, label), capacity)
+                    self.rings.append(ring)
+                    ring_names[i][-1].append(ring.name)
+                    worker_rings[k].append(ring.name)
+            self._add_plugin(p, core, worker_rings)
+        partitions = partition_specs(self.config)
+        for p, spec in zip(self.config.plugins, partitions):
+            if spec is not None and not spec.columns:
+                log.warning("plugin %s: no key column reaches its %d workers as the record holds it: "
+                            "worker 0 aggregates everything", p.name, p.workers)
         if not core.pcap_savefile:
             # We open the shards' sockets and keep a copy: a shard that dies (even by SIGKILL) loses no datagram,
             # since its socket stays in the SO_REUSEPORT group, queueing, until the restarted shard reads on.
@@ -201,11 +209,26 @@ class Supervisor:
             self.children.append(Child(
                 "shard", f"shard-{i}", "engine.shards.receiver:shard_main",
                 (i, core, listener, ring_names[i], self.bus.endpoints, self._stats_path(f"shard-{i}"),
-                 needed_fields(self.config), self.sockets[i] if self.sockets else None, fold_specs(self.config)),
+                 needed_fields(self.config), self.sockets[i] if self.sockets else None, fold_specs(self.config),
+                 partitions),
                 restartable=not core.pcap_savefile))
         for slot, child in enumerate(self.children):
             child.slot = slot
         self.beats = Heartbeats.create(heartbeat_name(SHM_PREFIX, self.run_id), len(self.children))
+
+    def _add_plugin(self, p, core, worker_rings: list[list[str]]) -> None:
+        """The plugin's process, or its workers' (plugin_workers): worker k drains ring k of every shard and
+        shares its output files through a PurgeRounds folder (engine/plugins/purge_rounds.py)."""
+        if p.workers == 1:
+            self.children.append(Child("plugin", f"plugin-{p.type}-{p.name}", resolve_plugin(p.type),
+                                       (p, core, worker_rings[0], self._stats_path(f"plugin-{p.name}"))))
+            return
+        shared = os.path.join(self.runtime_dir, "purges")
+        os.makedirs(shared, mode=0o700, exist_ok=True)
+        for k, rings in enumerate(worker_rings):
+            self.children.append(Child(
+                "plugin", f"plugin-{p.type}-{p.name}.w{k}", resolve_plugin(p.type),
+                (dataclasses.replace(p, worker=k), core, rings, self._stats_path(f"plugin-{p.name}.w{k}"), shared)))
 
     def _stats_path(self, name: str) -> str:
         return os.path.join(self.runtime_dir, "stats", f"{name}.json")

@@ -13,9 +13,12 @@ the kernel queue to drain, stop it (nfacctd: SIGINT, pmengine: SIGTERM; SIGKILL 
   kept     Σ BYTES of the print output / the generator's expected bytes (perf/traffic.py JSON).
   RSS      peak of Σ VmRSS over the process tree; and per million aggregated entries (output rows).
   drops    kernel drops of the collector's UDP sockets (/proc/net/udp{,6} "drops", read before the stop).
+Workers: pmengine-N runs the 5-tuple scenarios with `plugin_workers: N` (--workers auto; the matrix keeps one
+plugin process: a few hundred keys need no split); --workers K sets K for every pmengine run.
 The shards 1 → 2 model: pmengine's processes are split into receivers (those holding a socket on the port:
-shards; nfacctd's core) and the rest (plugins, supervisor); with one core per process, throughput at
-saturation is min(shards / receiver CPU per flow, 1 / rest CPU per flow); scaling = that ratio 2 vs 1 shards.
+shards; nfacctd's core) and the rest (plugin workers, supervisor, forkserver); with one core per process,
+throughput at saturation is min(shards / receiver CPU per flow, 1 / CPU per flow of the busiest other
+process); scaling = that ratio 2 vs 1 shards.
 """
 from __future__ import annotations
 
@@ -65,6 +68,8 @@ class Result:
     startup_cpu: float = 0.0
     run_cpu: float = 0.0
     receiver_cpu: float = 0.0
+    busiest_other_cpu: float = 0.0     # run CPU of the busiest process not holding a socket (a plugin worker)
+    workers: int = 1
     send_rate: float = 0.0
     wall: float = 0.0
     bytes_kept: float = 0.0
@@ -204,6 +209,10 @@ class TreeSampler(threading.Thread):
     def receiver_total(self) -> float:
         return sum(c for p, c in self.cpu.items() if p in self.receivers)
 
+    def busiest_other(self, since: dict[int, float]) -> float:
+        """The most CPU one non-receiver process used since `since` (a copy of self.cpu taken earlier)."""
+        return max((c - since.get(p, 0.0) for p, c in self.cpu.items() if p not in self.receivers), default=0.0)
+
     def run(self) -> None:
         while not self.stop_flag.wait(0.1):
             self.sample()
@@ -220,8 +229,15 @@ def free_port() -> int:
 REFERENCE_PIPE = 204800000     # nfacctd/sfacctd's plugin_pipe_size here (with its 4 MB default it drops)
 
 
+def workers_for(scenario: Scenario, shards: int, workers: str) -> int:
+    """plugin_workers of a pmengine run: `auto` = shards for the 5-tuple, 1 for the matrix; or a number."""
+    if workers != "auto":
+        return int(workers)
+    return shards if scenario.aggregate != "matrix" else 1
+
+
 def print_conf(scenario: Scenario, daemon: str, port: int, out: Path, renormalize: bool,
-               shards: int = 1, same_pipe: bool = False) -> str:
+               shards: int = 1, same_pipe: bool = False, workers: int = 1) -> str:
     """The collector's config; same_pipe: pmengine's rings (one per shard) hold REFERENCE_PIPE bytes in all,
     like the reference's one pipe (the zero-loss sweep compares the same buffering; the CPU/memory table
     runs pmengine with its default rings)."""
@@ -233,8 +249,11 @@ def print_conf(scenario: Scenario, daemon: str, port: int, out: Path, renormaliz
         conf += f"{prefix}_renormalize: true\n"
     if daemon != "pmengine":
         conf = f"daemonize: false\nplugin_pipe_size: {REFERENCE_PIPE}\nplugin_buffer_size: 204800\n" + conf
-    elif same_pipe:
-        conf += f"plugin_pipe_size: {REFERENCE_PIPE // shards}\n"
+    else:
+        if same_pipe:
+            conf += f"plugin_pipe_size: {REFERENCE_PIPE // shards}\n"     # split among its workers' rings
+        if workers > 1:
+            conf += f"plugin_workers: {workers}\n"
     return conf
 
 
@@ -294,7 +313,7 @@ def ring_drops(log_text: str) -> int:
 
 
 def run_collector(scenario: Scenario, collector: str, pcap_payloads: list, expected: dict, rate_fps: float,
-                  work: Path, renormalize: bool, same_pipe: bool = False) -> Result:
+                  work: Path, renormalize: bool, same_pipe: bool = False, workers: str = "auto") -> Result:
     """One run: start, listen, replay at rate_fps flows/s, drain, stop, measure."""
     port = free_port()
     out = work / f"{collector}.csv"
@@ -302,13 +321,14 @@ def run_collector(scenario: Scenario, collector: str, pcap_payloads: list, expec
     daemon = collector.split("-")[0]
     conf = work / f"{collector}.conf"
     shards = int(collector.split("-")[1]) if daemon == "pmengine" else 1
-    conf.write_text(print_conf(scenario, daemon, port, out, renormalize, shards, same_pipe))
+    nworkers = workers_for(scenario, shards, workers) if daemon == "pmengine" else 1
+    conf.write_text(print_conf(scenario, daemon, port, out, renormalize, shards, same_pipe, nworkers))
     if daemon == "pmengine":
         cmd = [sys.executable, "-m", "engine.cli", "start", "--shards", str(shards), "-f", str(conf)]
     else:
         cmd = [shutil.which(daemon) or f"/usr/sbin/{daemon}", "-f", str(conf)]
     log = open(work / f"{collector}.log", "w")
-    res = Result(collector, expected["flows"])
+    res = Result(collector, expected["flows"], workers=nworkers)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     sampler = None
     try:
@@ -316,6 +336,7 @@ def run_collector(scenario: Scenario, collector: str, pcap_payloads: list, expec
         wait_quiet(proc.pid)
         sampler = TreeSampler(proc.pid, port)
         res.startup_cpu, receivers_startup = sampler.total(), sampler.receiver_total()
+        startup_by_pid = dict(sampler.cpu)
         sampler.start()
         fpp = expected["flows"] / max(1, expected["datagrams"])
         t0 = time.monotonic()
@@ -334,6 +355,7 @@ def run_collector(scenario: Scenario, collector: str, pcap_payloads: list, expec
         waited = (usage.ru_utime + usage.ru_stime) if usage else 0.0
         res.run_cpu = max(sampler.total(), waited) - res.startup_cpu
         res.receiver_cpu = sampler.receiver_total() - receivers_startup
+        res.busiest_other_cpu = sampler.busiest_other(startup_by_pid)
         res.peak_rss = sampler.peak_rss
         res.peak_pss = sampler.peak_pss
     finally:
@@ -377,14 +399,15 @@ def median_result(results: list[Result]) -> Result:
 
 
 def format_table(rows: list[tuple[Scenario, Result, Result | None]]) -> str:
-    head = (f"{'scenario':13} {'collector':11} {'flows':>8} {'rate f/s':>9} {'start s':>7} {'µs/flow':>8} "
+    head = (f"{'scenario':13} {'collector':14} {'flows':>8} {'rate f/s':>9} {'start s':>7} {'µs/flow':>8} "
             f"{'ratio':>6} {'kept %':>7} {'exp ok':>6} {'rows':>7} {'peak RSS MB':>11} {'MB/M rows':>9} {'PSS MB':>7} "
             f"{'MB/M rows':>9} {'kdrops':>6} "
             f"{'rdrops':>6}")
     lines = [head, "-" * len(head)]
     for sc, r, ref in rows:
         ratio = f"{r.us_per_flow / ref.us_per_flow:6.2f}" if ref is not None and ref.us_per_flow else f"{'':6}"
-        lines.append(f"{sc.name:13} {r.collector:11} {r.flows:8d} {r.send_rate:9,.0f} {r.startup_cpu:7.2f} "
+        label = r.collector if r.workers == 1 else f"{r.collector} w{r.workers}"     # plugin_workers
+        lines.append(f"{sc.name:13} {label:14} {r.flows:8d} {r.send_rate:9,.0f} {r.startup_cpu:7.2f} "
                      f"{r.us_per_flow:8.2f} {ratio} {100 * r.bytes_kept:7.2f} {r.exporters_exact:6d} {r.rows:7d} "
                      f"{r.peak_rss / 2**20:11.1f} {r.rss_per_m_entries / 2**20:9.0f} {r.peak_pss / 2**20:7.1f} "
                      f"{r.pss_per_m_entries / 2**20:9.0f} {r.kernel_drops:6d} "
@@ -393,15 +416,17 @@ def format_table(rows: list[tuple[Scenario, Result, Result | None]]) -> str:
 
 
 def scaling_model(one: Result, two: Result) -> str:
-    """min(shards / receiver CPU per flow, 1 / other CPU per flow): flows/s with one core per process."""
+    """min(shards / receiver CPU per flow, 1 / busiest other process's CPU per flow): flows/s with one core
+    per process."""
     def capacity(r: Result, shards: int) -> float:
-        rec, rest = r.receiver_cpu / r.flows, max(r.run_cpu - r.receiver_cpu, 1e-9) / r.flows
-        return min(shards / rec if rec > 0 else float("inf"), 1 / rest)
+        rec, other = r.receiver_cpu / r.flows, max(r.busiest_other_cpu, 1e-9) / r.flows
+        return min(shards / rec if rec > 0 else float("inf"), 1 / other)
     c1, c2 = capacity(one, 1), capacity(two, 2)
     return (f"CPU-time model: shards 1 → {c1:,.0f} flows/s, shards 2 → {c2:,.0f} flows/s "
             f"(receiver µs/flow {one.receiver_cpu / one.flows * 1e6:.2f} / {two.receiver_cpu / two.flows * 1e6:.2f}, "
-            f"rest {(one.run_cpu - one.receiver_cpu) / one.flows * 1e6:.2f} / "
-            f"{(two.run_cpu - two.receiver_cpu) / two.flows * 1e6:.2f}): scaling {c2 / c1:.2f}x")
+            f"busiest other process {one.busiest_other_cpu / one.flows * 1e6:.2f} / "
+            f"{two.busiest_other_cpu / two.flows * 1e6:.2f}, plugin workers {one.workers} / {two.workers}): "
+            f"scaling {c2 / c1:.2f}x")
 
 
 def prepare(scenario: Scenario, flows: int, work: Path, sampling_rate: int) -> tuple[list, dict]:
@@ -417,14 +442,14 @@ def collectors_of(scenario: Scenario, shards: list[int]) -> list[str]:
 
 
 def bench(scenarios: list[Scenario], flows: int, rate: float, runs: int, shards: list[int], work: Path,
-          sampling_rate: int = 1) -> list[tuple[Scenario, Result, Result | None]]:
+          sampling_rate: int = 1, workers: str = "auto") -> list[tuple[Scenario, Result, Result | None]]:
     table = []
     for sc in scenarios:
         payloads, expected = prepare(sc, flows, work, sampling_rate)
         ref = None
         for collector in collectors_of(sc, shards):
-            r = median_result([run_collector(sc, collector, payloads, expected, rate, work, sampling_rate > 1)
-                               for _ in range(runs)])
+            r = median_result([run_collector(sc, collector, payloads, expected, rate, work, sampling_rate > 1,
+                                             workers=workers) for _ in range(runs)])
             ref = r if ref is None else ref
             table.append((sc, r, None if r is ref else ref))
             print(format_table([table[-1]]).splitlines()[-1], file=sys.stderr, flush=True)
@@ -432,7 +457,7 @@ def bench(scenarios: list[Scenario], flows: int, rate: float, runs: int, shards:
 
 
 def sweep(scenarios: list[Scenario], flows: int, shards: list[int], work: Path, low: float, high: float,
-          steps: int) -> list[str]:
+          steps: int, workers: str = "auto") -> list[str]:
     """Per scenario and collector: bisection on rate for the highest rate with all bytes kept."""
     lines = [f"{'scenario':13} {'collector':11} {'zero-loss flows/s':>18} {'first loss at':>14}"]
     for sc in scenarios:
@@ -440,14 +465,14 @@ def sweep(scenarios: list[Scenario], flows: int, shards: list[int], work: Path, 
         for collector in collectors_of(sc, shards):
             ok, bad = 0.0, None
             lo, hi = low, high
-            r = run_collector(sc, collector, payloads, expected, hi, work, False, same_pipe=True)
+            r = run_collector(sc, collector, payloads, expected, hi, work, False, same_pipe=True, workers=workers)
             if r.bytes_kept >= 1.0:
                 ok = r.send_rate
             else:
                 bad = hi
                 for _ in range(steps):
                     mid = (lo + hi) / 2
-                    r = run_collector(sc, collector, payloads, expected, mid, work, False, same_pipe=True)
+                    r = run_collector(sc, collector, payloads, expected, mid, work, False, same_pipe=True, workers=workers)
                     if r.bytes_kept >= 1.0:
                         ok, lo = max(ok, r.send_rate), mid
                     else:
@@ -470,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--sweep-range", default="20000,400000")
     ap.add_argument("--sweep-steps", type=int, default=4)
+    ap.add_argument("--workers", default="auto", help="plugin_workers of pmengine runs: auto (= shards for the "
+                    "5-tuple, 1 for the matrix) or a number")
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--keep", help="keep pcaps, configs, logs and outputs in this folder")
     a = ap.parse_args(argv)
@@ -482,9 +509,9 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         if a.sweep:
             lo, hi = (float(x) for x in a.sweep_range.split(","))
-            print("\n".join(sweep(scenarios, a.flows, shards, work, lo, hi, a.sweep_steps)))
+            print("\n".join(sweep(scenarios, a.flows, shards, work, lo, hi, a.sweep_steps, a.workers)))
             return 0
-        table = bench(scenarios, a.flows, a.rate, a.runs, shards, work, a.sampling_rate)
+        table = bench(scenarios, a.flows, a.rate, a.runs, shards, work, a.sampling_rate, a.workers)
     print(f"{a.flows} flows per scenario at {a.rate:,.0f} flows/s, {os.cpu_count()} CPUs, "
           f"runs={a.runs}; ratio = pmengine µs/flow / reference µs/flow")
     print(format_table(table))

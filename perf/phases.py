@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import (REPO, SCENARIOS, cpu_seconds, csv_totals, free_port, udp_sockets, wait_quiet, prepare, print_conf, tree,  # noqa: E402
-                   wait_listening, wait_with_timeout)
+                   wait_listening, wait_with_timeout, workers_for)
 from replay import send  # noqa: E402
 
 
@@ -48,13 +48,15 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=200000)
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--idle", type=float, default=2.0)
+    ap.add_argument("--workers", default="auto", help="plugin_workers: auto (bench.py's rule) or a number")
     a = ap.parse_args()
     sc = SCENARIOS[a.scenario]
     work = Path(tempfile.mkdtemp(prefix="pm-phases-"))
     payloads, expected = prepare(sc, a.flows, work, 1)
     port = free_port()
     conf = work / "pm.conf"
-    conf.write_text(print_conf(sc, "pmengine", port, work / "out.csv", False))
+    conf.write_text(print_conf(sc, "pmengine", port, work / "out.csv", False, a.shards,
+                               workers=workers_for(sc, a.shards, a.workers)))
     log = open(work / "pm.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "start", "--shards", str(a.shards), "-f", str(conf)],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -93,10 +95,10 @@ def main() -> int:
     pids = sorted({p for _, s in marks for p in s})
     print(f"{a.scenario} shards={a.shards} flows={a.flows} sent at {rep.rate * fpp:,.0f} flows/s "
           f"in {rep.seconds:.2f}s; idle phases {a.idle}s")
-    head = f"{'process':14}" + "".join(f"{n:>10}" for n, _ in marks[1:]) + f"{'µs/flow':>10}"
+    head = f"{'process':22}" + "".join(f"{n:>10}" for n, _ in marks[1:]) + f"{'µs/flow':>10}"
     print(head)
     for p in pids:
-        row = f"{who.get(p, str(p)):14}"
+        row = f"{who.get(p, str(p)):22}"
         prev = marks[0][1].get(p, 0.0)
         for n, s in marks[1:]:
             c = s.get(p, prev)

@@ -219,6 +219,7 @@ KEY_CASES = [
     ("pre_tag2_filter: 0", lambda c: c.plugins[0].pre_tag2_filter, "0"),
     ("pre_tag_label_filter: red,null", lambda c: c.plugins[0].pre_tag_label_filter, "red,null"),
     ("prometheus_listen: 127.0.0.1:9108", lambda c: c.core.prometheus_listen, ListenAddress("127.0.0.1", 9108)),
+    ("plugin_workers: 4", lambda c: c.plugins[0].workers, 4),
 ]
 
 

@@ -1,4 +1,5 @@
-"""perf/bench.py smoke: one tiny live scenario, nfacctd 1.7.7 then pmengine; the table has both, all bytes kept."""
+"""perf/bench.py smoke: one tiny live scenario, nfacctd 1.7.7 then pmengine with 1 and 2 shards (2 plugin
+workers); the table has them all, all bytes kept, and the shards 1 -> 2 model line."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import pytest
 @pytest.mark.skipif(NFACCTD is None, reason="nfacctd (Debian package pmacct) is not installed")
 def test_quick_bench_table_has_both_collectors_with_all_bytes(tmp_path):
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "perf/bench.py", "--quick", "--shards", "1", "--json", str(out),
+    proc = subprocess.run([sys.executable, "perf/bench.py", "--quick", "--shards", "1,2", "--json", str(out),
                            "--keep", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     table = proc.stdout.splitlines()
@@ -21,7 +22,9 @@ def test_quick_bench_table_has_both_collectors_with_all_bytes(tmp_path):
     assert any(line.startswith("v9-five") and " pmengine-1 " in line for line in table), proc.stdout
     results = {r["collector"]: r for r in json.loads(out.read_text())}
     expected = json.loads((tmp_path / "work" / "v9-five.json").read_text())
-    assert set(results) == {"nfacctd", "pmengine-1"}
+    assert set(results) == {"nfacctd", "pmengine-1", "pmengine-2"}
+    assert results["pmengine-2"]["workers"] == 2        # --workers auto: the 5-tuple gets one worker per shard
+    assert any(line.startswith("v9-five: CPU-time model") and "plugin workers 1 / 2" in line for line in table)
     for r in results.values():
         assert r["bytes_kept"] == 1.0, r
         assert r["run_cpu"] > 0 and r["peak_rss"] > 0, r

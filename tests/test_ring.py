@@ -434,3 +434,34 @@ def test_read_view_is_the_ring_itself_until_released(name):
     assert ring.counters()["read_records"] == 110
     ring.close()
     ring.unlink()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_write_rows_gathers_exactly_across_the_wrap(name, seed):
+    """write_rows(records, rows) is write(records[rows]): over random batches and the ring's wrap."""
+    rng = np.random.default_rng(seed)
+    capacity = int(rng.integers(50, 500))
+    ring = Ring.create(name, capacity)
+    expected, got, dropped = [], [], 0
+    for _ in range(500):
+        source = numbered(int(rng.integers(0, 10**9)), int(rng.integers(1, capacity)))
+        rows = np.flatnonzero(rng.random(len(source)) < 0.5)
+        room = capacity - ring.pending()
+        ok = ring.write_rows(source, rows, offered=len(rows) + 3)
+        assert ok == (len(rows) <= room)
+        if ok:
+            expected.append(source[rows]["flows"])
+        else:
+            dropped += len(rows) + 3 if len(rows) else 0
+        if rng.random() < 0.5:
+            got.append(ring.read()["flows"])
+    got.append(ring.read()["flows"])
+    assert np.array_equal(np.concatenate(got), np.concatenate(expected))
+    c = ring.counters()
+    assert c["dropped_records"] == dropped
+    written = sum(len(e) for e in expected)
+    assert c["written_records"] == written and c["folded_records"] == 3 * sum(1 for e in expected if len(e))
+    with pytest.raises(TypeError):
+        ring.write_rows(np.zeros(3, np.dtype([("x", "u8")])), np.arange(3))
+    ring.close()
+    ring.unlink()

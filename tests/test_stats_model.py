@@ -69,6 +69,26 @@ def test_balance_names_each_unaccounted_difference():
     assert summary_lines(build_model(f))[-1].startswith("stats balance: NOT OK")
 
 
+def test_plugin_workers_rings_are_offered_the_shards_records_together():
+    """plugin_workers: a shard splits a plugin's records over its workers' rings; each worker is an entry."""
+    f = files()
+    f["shard-1"]["rings"] = {"r1a": ring(7, 0, 7), "r1b0": ring(3, 0, 3), "r1b1": ring(4, 0, 4)}
+    f["shard-1"]["ring_groups"] = [["r1a"], ["r1b0", "r1b1"]]
+    f["shard-0"]["ring_groups"] = [["r0a"], ["r0b"]]
+    del f["plugin-b"]
+    f["plugin-b.w0"] = {"plugin": "b", "worker": 0, "workers": 2, "type": "pgsql", "records": 43,
+                        "rings": {"r0b": ring(read=40), "r1b0": ring(read=3)}, "writer": {}}
+    f["plugin-b.w1"] = {"plugin": "b", "worker": 1, "workers": 2, "type": "pgsql", "records": 4,
+                        "rings": {"r1b1": ring(read=4)}, "writer": {}}
+    m = build_model(f)
+    assert m["balance"] == {"ok": True, "problems": []}
+    assert set(m["plugins"]) == {"a", "b.w0", "b.w1"}
+    assert (m["plugins"]["b.w1"]["plugin"], m["plugins"]["b.w1"]["worker"]) == ("b", 1)
+    f["shard-1"]["rings"]["r1b1"]["written_records"] = 3         # one record offered to no worker
+    problems = build_model(f)["balance"]["problems"]
+    assert len(problems) == 1 and "r1b0, r1b1 were offered 6 records" in problems[0]
+
+
 def test_summary_has_one_line_per_shard_ring_plugin_exporter():
     lines = summary_lines(build_model(files()))
     kinds = [line.split()[1] for line in lines]

@@ -1,4 +1,12 @@
-"""Key table section: operations (pmengine's own keys, no pmacct counterpart): the Prometheus endpoint.
+"""Key table section: operations (pmengine's own keys, no pmacct counterpart): the Prometheus endpoint and
+plugin_workers.
+
+`plugin_workers: N` (global or `plugin_workers[name]`, 1-64, default 1) runs a plugin as N aggregating
+processes: shards send each record to the worker numbered by a hash of its aggregation key
+(engine/shards/partition.py), so every key is aggregated by one worker and their purges together are the
+plugin's; print output files are shared through engine/plugins/purge_rounds.py.  For high-cardinality
+aggregations (a 5-tuple) fed by several shards, where one plugin process would be the bottleneck.  Not for
+the memory plugin (its query server holds one table).
 
 `prometheus_listen: 127.0.0.1:9108` (or `[::1]:9108`) makes the supervisor serve its counters in
 the Prometheus text exposition format (0.0.4) at http://ADDRESS/metrics, from a thread.  Off by
@@ -13,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from engine.config.values import GLOBAL, Key
+from engine.config.values import GLOBAL, PLUGIN, Key, int_range
 
 
 @dataclass(frozen=True)
@@ -55,4 +63,6 @@ OPS_KEYS: tuple[Key, ...] = (
     Key("prometheus_listen", parse_loopback_listen, GLOBAL, None, ("core.prometheus_listen",),
         format=format_listen,
         doc="serve counters for Prometheus at http://ADDRESS/metrics (loopback only; off when unset)"),
+    Key("plugin_workers", int_range(1, 64), PLUGIN, 1, ("plugin.workers",),
+        doc="processes aggregating one plugin, each owning a hash share of its keys (not memory)"),
 )

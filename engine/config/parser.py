@@ -224,6 +224,9 @@ def _check_plugin(plugin: PluginConfig, chosen: dict) -> None:
             if setting is None:
                 raise ConfigError(f"plugin '{plugin.name}': {message}", name)
             raise setting.error(f"plugin '{plugin.name}': {message}")
+    if plugin.workers > 1 and plugin.type == "memory":
+        raise chosen[(plugin.name, "plugin_workers")].error(
+            f"plugin '{plugin.name}': the memory plugin serves queries from one table: plugin_workers must be 1")
     if plugin.buffer_size > plugin.pipe_size:
         setting = chosen[(plugin.name, "plugin_buffer_size")] or chosen[(plugin.name, "plugin_pipe_size")]
         raise setting.error(f"plugin '{plugin.name}': plugin_buffer_size ({plugin.buffer_size}) must not "

@@ -26,6 +26,7 @@ class PluginConfig:
     type: str                       # "print" (later: "memory", "pgsql", "kafka")
     aggregate: tuple[str, ...] = ("src_host", "dst_host")   # validated primitive names, in config order
     pipe_size: int = 32 * 1024 * 1024      # plugin_pipe_size: ring bytes per (shard, plugin): 135k records
+                                           # (with plugin_workers, split among the workers' rings)
     buffer_size: int = 64 * 1024           # plugin_buffer_size: accepted, used as the batch hint
     refresh_time: int = 60                 # print_refresh_time, seconds
     history: Optional[str] = None          # print_history as written: "5m", "1h", "1d", "1w", "1M"
@@ -53,6 +54,8 @@ class PluginConfig:
     networks_file_no_lpm: bool = False     # networks_file_no_lpm
     networks_mask: Optional[int] = None    # networks_mask (nfacctd_net: mask)
     networks_cache_entries: Optional[int] = None   # networks_cache_entries: accepted, no cache needed
+    workers: int = 1                       # plugin_workers: aggregating processes, each owns a hash share of the keys
+    worker: int = 0                        # which of them this process is (set by the supervisor, not a key)
 
 
 @dataclass

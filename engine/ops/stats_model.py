@@ -8,11 +8,13 @@ JSON-ready dict out:
     exporters  address -> counters summed over shards (+ "shards": where it was seen)
     shards     "N"     -> packets, kernel_drops, records decoded/offered, ring drops, balance
     rings      name    -> shard, plugin, written / dropped (shard's view), read (plugin's view), in flight
-    plugins    name    -> records read, ring drops, records offered, sink counters, lost rows
+    plugins    name    -> records read, ring drops, records offered, sink counters, lost rows (a plugin with
+                          plugin_workers > 1: one entry per worker process, NAME.w0, NAME.w1 ...)
     totals             -> the sums an operator looks at first
     balance            -> ok, problems: per shard flows decoded = records delivered to its rings;
                           per ring records offered = written + dropped + folded (shard
-                          pre-aggregation, engine/shards/preaggregate.py); per plugin records read = Σ rings read
+                          pre-aggregation, engine/shards/preaggregate.py), per plugin Σ offered over its
+                          workers' rings = the shard's records delivered; per plugin records read = Σ rings read
 
 Shard and plugin files are saved about once a second, each at its own moment: while traffic flows, a
 ring's read count (plugin file) may run ahead of its written count (shard file); `in_flight` is then
@@ -75,6 +77,11 @@ def _add(into: dict, key: str, value: int) -> None:
     into[key] = into.get(key, 0) + value
 
 
+def worker_label(plugin: str, worker: int, workers: int) -> str:
+    """How the model names one process of a plugin: the plugin's name, or NAME.wK with plugin_workers > 1."""
+    return plugin if workers <= 1 else f"{plugin}.w{worker}"
+
+
 def build_model(files: dict[str, dict], runtime_dir: Optional[str] = None) -> dict:
     shard_files = sorted((d for n, d in files.items() if n.startswith("shard-")), key=lambda d: _int(d, "shard"))
     plugin_files = sorted((d for n, d in files.items() if n.startswith("plugin-")), key=lambda d: str(d.get("plugin")))
@@ -105,8 +112,12 @@ def build_model(files: dict[str, dict], runtime_dir: Optional[str] = None) -> di
                 ring[k] = _int(rc, k)
             ring["offered_records"] = ring["written_records"] + ring["dropped_records"] + ring["folded_records"]
             s["ring_dropped_records"] += ring["dropped_records"]
-            if ring["offered_records"] != s["records_offered"]:
-                problems.append(f"shard {sid}: ring {rname} was offered {ring['offered_records']} records, "
+        # per plugin, its rings (one per worker: plugin_workers) were offered every record the shard delivered
+        for group in d.get("ring_groups") or [[n] for n in (d.get("rings") or {})]:
+            offered = sum(rings[n]["offered_records"] for n in group if n in rings)
+            if offered != s["records_offered"]:
+                problems.append(f"shard {sid}: ring{'s' if len(group) > 1 else ''} {', '.join(group)} "
+                                f"{'were' if len(group) > 1 else 'was'} offered {offered} records, "
                                 f"the shard delivered {s['records_offered']}")
         if flows + s["records_from_bus"] != s["records_decoded"]:
             problems.append(f"shard {sid}: exporters' flows {flows} + released by bus templates "
@@ -114,8 +125,10 @@ def build_model(files: dict[str, dict], runtime_dir: Optional[str] = None) -> di
         shards[str(sid)] = s
     plugins: dict[str, dict] = {}
     for d in plugin_files:
-        name = str(d.get("plugin"))
+        name = worker_label(str(d.get("plugin")), _int(d, "worker"), _int(d, "workers") or 1)
         p = {"type": d.get("type"), "pid": _int(d, "pid"), "records": _int(d, "records")}
+        if (_int(d, "workers") or 1) > 1:
+            p.update(plugin=str(d.get("plugin")), worker=_int(d, "worker"), workers=_int(d, "workers"))
         for k in PLUGIN_COUNTERS:
             p[k] = _int(d, k)
         p["groups_pending"] = _int(d, "groups_pending")

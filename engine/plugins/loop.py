@@ -123,7 +123,8 @@ class RingLoop:
         return rings
 
     def base_counters(self) -> dict:
-        return {"plugin": self.plugin.name, "type": self.plugin.type, "pid": os.getpid(), "time": time.time(),
+        return {"plugin": self.plugin.name, "worker": self.plugin.worker, "workers": self.plugin.workers,
+                "type": self.plugin.type, "pid": os.getpid(), "time": time.time(),
                 "records": self.records, "rings": self.ring_counters(), "enrich": dict(self.stage.counters)}
 
     def ring_drops(self, counters: dict) -> int:

@@ -18,14 +18,28 @@ File behaviour (observed on nfacctd 1.7.7):
 - print_latest_file: a symlink to the newest file (the lexicographically
   greatest name), updated after each write.
 A write error is logged and counted, never raised.
+
+Several workers of one plugin (plugin_workers > 1, coordinate() with a
+purge_rounds.PurgeRounds): each renders its rows first (into a spool, in
+memory up to SPOOL_MEMORY_BYTES), then writes them under the plugin's lock,
+so the rendering runs in parallel and the bytes never interleave.  Without
+append, the first worker to write a path in a purge round truncates it and
+writes the title, the others append without one; with append, the title is
+written only when the file is new.  stdout gets its title once over all
+workers.  An empty purge writes the empty file (print_write_empty_file) only
+when no worker wrote that path in the round.  With print_markers each worker
+writes its own --START (pid)--/--END (pid)-- (JSON: purge_init/purge_close,
+counting its own rows) around its part: the file holds one marked part per
+worker.  One worker (the default) takes none of these steps.
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import tempfile
 import time
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -34,11 +48,14 @@ from ..schema import PRIMITIVES
 from .aggregate import AggregatedRows
 from . import render_bytes
 from .destinations import expand_name, split_by_name
+from .purge_rounds import PurgeRounds
 from .render_bytes import NotRenderable
 from .render import (COUNTER_KEYS, FORMATTED_WIDTH, RenderOptions, counter_names, int_values, json_is_string,
                      primitive_values, printed_primitives, stamp_text)
 
 CHUNK_ROWS = 16384
+SPOOL_MEMORY_BYTES = 64 << 20  # a coordinated worker's rendered part beyond this spills to a file in the state dir
+COPY_BYTES = 1 << 20
 JSON_COUNTER_ORDER = ("flows", "packets", "bytes")     # CSV / formatted: PACKETS, FLOWS, BYTES
 OUTPUTS = ("formatted", "csv", "json", "event_formatted", "event_csv")
 
@@ -180,6 +197,12 @@ class PrintWriter:
         self.rows_written = 0
         self.write_errors = 0
         self._written_this_purge = 0    # rows written so far in the current purge (purge_close markers)
+        self.rounds: Optional[PurgeRounds] = None    # set by coordinate() when several workers share the output
+        self.purge_round = 0            # the refresh boundary of the coming write(), set by the plugin loop
+
+    def coordinate(self, rounds: PurgeRounds) -> None:
+        """Share the output with the other workers of this plugin (see the module docstring)."""
+        self.rounds = rounds
 
     # -- file names ---------------------------------------------------------------
     def expand(self, template: str, when_s: Optional[int], peer: Optional[str]) -> str:
@@ -230,14 +253,15 @@ class PrintWriter:
                     f'"duration": {int(time.time() - started)}}}\n')
         return f"--END ({os.getpid()})--\n"
 
-    def _emit(self, out, rows: AggregatedRows, with_title: bool, total: int, started: float) -> None:
-        """Markers, title and lines to a binary stream."""
+    def _emit(self, out, rows: AggregatedRows, with_title: bool, total: int, started: float,
+              blocks: Optional[Iterable[bytes]] = None) -> None:
+        """Markers, title and lines (rendered here, or the given blocks) to a binary stream."""
         if self.plugin.markers:
             out.write(self._marker_start().encode())
         title = self.fmt.title(rows.primitives, rows.with_flows)
         if with_title and title is not None:
             out.write((title + "\n").encode())
-        for block in self._blocks(rows):
+        for block in self._blocks(rows) if blocks is None else blocks:
             out.write(block)
         self._written_this_purge += len(rows)
         if self.plugin.markers:
@@ -245,6 +269,9 @@ class PrintWriter:
 
     def _write_file(self, path: str, rows: AggregatedRows, total: int, started: float,
                     peer: Optional[str] = None) -> None:
+        if self.rounds is not None:
+            self._write_shared_file(path, rows, total, started, peer)
+            return
         append = self.plugin.output_file_append
         try:
             folder = os.path.dirname(path)
@@ -263,11 +290,71 @@ class PrintWriter:
             self._update_latest(self.expand(self.plugin.latest_file, None, peer), path)
 
     def _write_stdout(self, rows: AggregatedRows, total: int, started: float) -> None:
+        if self.rounds is not None:
+            self._write_shared_stdout(rows, total, started)
+            return
         try:
             sys.stdout.flush()
             stream = getattr(sys.stdout, "buffer", None)
             self._emit(stream or _TextOut(sys.stdout), rows, not self.stdout_titled, total, started)
             (stream or sys.stdout).flush()
+        except OSError as e:
+            self.write_errors += 1
+            self.log.error("cannot write to stdout: %s", e)
+            return
+        self.stdout_titled = True
+        self.rows_written += len(rows)
+
+    # -- several workers, one output (plugin_workers > 1) -------------------------------------------
+    def _spool(self, rows: AggregatedRows) -> tempfile.SpooledTemporaryFile:
+        """The rendered lines of a worker's part, before it takes the lock."""
+        os.makedirs(self.rounds.state_dir, mode=0o700, exist_ok=True)
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES, dir=self.rounds.state_dir)
+        try:
+            for block in self._blocks(rows):
+                spool.write(block)
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
+
+    @staticmethod
+    def _replay(spool) -> Iterator[bytes]:
+        return iter(lambda: spool.read(COPY_BYTES), b"")
+
+    def _write_shared_file(self, path: str, rows: AggregatedRows, total: int, started: float,
+                           peer: Optional[str]) -> None:
+        """_write_file for one of several workers: the round's first truncates and titles, the others append."""
+        append = self.plugin.output_file_append
+        try:
+            folder = os.path.dirname(path)
+            if folder:
+                os.makedirs(folder, mode=0o777 & ~self.umask, exist_ok=True)
+            with self._spool(rows) as body, self.rounds.claim(path, self.purge_round) as first:
+                if len(rows) == 0 and not first:
+                    return                  # print_write_empty_file: another worker wrote it this round
+                truncate = first and not append
+                with_title = truncate or (append and not os.path.exists(path))
+                flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
+                with os.fdopen(os.open(path, flags, 0o666 & ~self.umask), "wb") as out:
+                    self._emit(out, rows, with_title, total, started, self._replay(body))
+        except OSError as e:
+            self.write_errors += 1
+            self.log.error("cannot write %s: %s", path, e)
+            return
+        self.rows_written += len(rows)
+        if self.plugin.latest_file:
+            self._update_latest(self.expand(self.plugin.latest_file, None, peer), path)
+
+    def _write_shared_stdout(self, rows: AggregatedRows, total: int, started: float) -> None:
+        """_write_stdout for one of several workers: the title once over all of them, whole parts."""
+        try:
+            with self._spool(rows) as body, self.rounds.claim("", self.purge_round) as first:
+                sys.stdout.flush()
+                stream = getattr(sys.stdout, "buffer", None)
+                self._emit(stream or _TextOut(sys.stdout), rows, first, total, started, self._replay(body))
+                (stream or sys.stdout).flush()
         except OSError as e:
             self.write_errors += 1
             self.log.error("cannot write to stdout: %s", e)

@@ -82,6 +82,7 @@ class PluginLoop(RingLoop):
         self.log.info("*** Purging cache - START (PID: %d) ***", pid)
         busy(PURGE_BUSY_S)              # the supervisor's hang watch: a big purge is not a hang
         rows = self.aggregator.purge()
+        self.writer.purge_round = int(self.next_purge)     # the refresh boundary: the same in every worker
         try:
             written = self.writer.write(rows)
         except Exception as e:          # a writer bug or I/O problem must not kill the plugin
@@ -174,14 +175,20 @@ class PluginLoop(RingLoop):
 
 
 def plugin_main(plugin: PluginConfig, core: CoreConfig, ring_names: list[str],
-                stats_path: Optional[str] = None) -> None:
-    """Entry point of a plugin process (started with multiprocessing 'spawn')."""
+                stats_path: Optional[str] = None, shared_dir: Optional[str] = None) -> None:
+    """Entry point of a plugin process (started with multiprocessing 'spawn').  With plugin_workers > 1 this is
+    worker plugin.worker of plugin.workers; shared_dir holds what the workers' writers share (PurgeRounds)."""
     from ..ipc.ring import Ring
-    log = logging.getLogger(f"pmengine.plugin.{plugin.name}")
+    label = plugin.name if plugin.workers == 1 else f"{plugin.name}.w{plugin.worker}"
+    log = logging.getLogger(f"pmengine.plugin.{label}")
     rings = [Ring.attach(name) for name in ring_names]
     loop = PluginLoop(plugin, core, rings, stats_path, log=log)
+    coordinate = getattr(loop.writer, "coordinate", None)
+    if plugin.workers > 1 and shared_dir and coordinate is not None:
+        from .purge_rounds import PurgeRounds
+        coordinate(PurgeRounds(shared_dir, plugin.name))
     install_signals(loop)
-    log.info("%s plugin %s started: aggregate %s, refresh %ds, %d ring(s)", plugin.type, plugin.name,
+    log.info("%s plugin %s started: aggregate %s, refresh %ds, %d ring(s)", plugin.type, label,
              ", ".join(plugin.aggregate), plugin.refresh_time, len(rings))
     loop.run()
-    log.info("%s plugin %s stopped: %d records, %d purges", plugin.type, plugin.name, loop.records, loop.purges)
+    log.info("%s plugin %s stopped: %d records, %d purges", plugin.type, label, loop.records, loop.purges)

@@ -29,6 +29,7 @@ from ..proc import SignalWakeup, beat, busy, done, handlers_installed, took
 from .counter_file import CounterFileWriter
 from .gather import GatherClock
 from .mmsg import MmsgReceiver, available as mmsg_available
+from .partition import PartitionSpec, partitioners_for
 from .preaggregate import FoldSpec, folders_for
 from .sockets import AddressCache, kernel_drops, open_udp
 from .stats import ShardStats
@@ -114,10 +115,12 @@ def pcap_batches(path: str, stats: PcapStats, port: Optional[int],
 
 
 class Shard:
-    def __init__(self, shard_id: int, core: CoreConfig, ring_names: list[str],
+    def __init__(self, shard_id: int, core: CoreConfig, ring_names: list,
                  bus_endpoints: Optional[BusEndpoints], stats_path: Optional[str],
                  listener: Optional[Listener] = None, wanted: Optional[frozenset] = None,
-                 folds: Optional[list[Optional[FoldSpec]]] = None) -> None:
+                 folds: Optional[list[Optional[FoldSpec]]] = None,
+                 partitions: Optional[list[Optional[PartitionSpec]]] = None) -> None:
+        """ring_names: per plugin, its ring's name, or the names of its workers' rings (plugin_workers)."""
         self.shard_id = shard_id
         self.core = core
         self.listener = listener or Listener()
@@ -126,8 +129,11 @@ class Shard:
         self.counter_file = (CounterFileWriter(core.counter_file)
                              if core.counter_file and self.listener.protocol == "sflow" else None)
         self.stage = ShardStage(core, self.listener, log)
-        self.rings = [Ring.attach(n) for n in ring_names]
-        self.folders = folders_for(folds, len(self.rings))     # per ring: pre-aggregation for its plugin, or None
+        self.ring_groups = [[Ring.attach(n)] if isinstance(n, str) else [Ring.attach(m) for m in n]
+                            for n in ring_names]                 # per plugin: its rings, one per worker
+        self.rings = [r for group in self.ring_groups for r in group]
+        self.folders = folders_for(folds, len(self.ring_groups))    # per plugin: pre-aggregation, or None
+        self.splitters = partitioners_for(partitions, len(self.ring_groups))   # per plugin: worker split, or None
         self.state = DecoderState(time_secs=core.time_secs)
         self.state.wanted = wanted          # config.fields_needed: fields no consumer reads stay zero
         self.stats = ShardStats(shard_id, stats_path)
@@ -190,16 +196,26 @@ class Shard:
         if len(records) == 0:
             return
         self.stats.records_offered += len(records)
-        for ring, folder in zip(self.rings, self.folders):
+        for group, folder, splitter in zip(self.ring_groups, self.folders, self.splitters):
             batch = folder.fold(records) if folder is not None else records
             folded = len(records) - len(batch)      # carried by the first chunk: offered = written + folded + dropped
-            for start in range(0, len(batch), RING_CHUNK):
-                chunk = batch[start:start + RING_CHUNK]
-                self._write(ring, chunk, len(chunk) + (folded if start == 0 else 0))
+            if splitter is None:
+                for start in range(0, len(batch), RING_CHUNK):
+                    chunk = batch[start:start + RING_CHUNK]
+                    self._write(group[0], chunk, len(chunk) + folded)
+                    folded = 0
+                continue
+            for ring, rows in zip(group, splitter.split(batch)):      # plugin_workers: each its share
+                for start in range(0, len(rows), RING_CHUNK):
+                    chunk = rows[start:start + RING_CHUNK]
+                    self._write(ring, chunk, len(chunk) + folded, batch)
+                    folded = 0
 
-    def _write(self, ring: Ring, chunk: np.ndarray, offered: int) -> None:
+    def _write(self, ring: Ring, chunk: np.ndarray, offered: int, rows_of: Optional[np.ndarray] = None) -> None:
+        """Write a chunk of records, or (rows_of given) the records rows_of[chunk]."""
+        write = ring.write if rows_of is None else (lambda rows, offered: ring.write_rows(rows_of, rows, offered))
         if not self.blocking_writes:
-            ring.write(chunk, offered)      # a full ring drops and counts the batch
+            write(chunk, offered)           # a full ring drops and counts the batch
             return
         # offline or shutting down: wait for room (bounded), the counters stay exact
         deadline = time.monotonic() + (3600 if not self.stopping else 5.0)
@@ -208,18 +224,22 @@ class Shard:
                 break               # still no room: the write below drops and counts it
             beat()
             time.sleep(0.002)
-        ring.write(chunk, offered)
+        write(chunk, offered)
 
     def housekeeping(self, now: float, sock: Optional[socket.socket]) -> None:
         self.stats.add_expired(self.state.expire_pending(int(now * 1e6)))
         self.stats.kernel_drops = kernel_drops(sock) if sock is not None else 0
         self.stats.pending_sets_now, self.stats.pending_bytes_now = len(self.state.pending), self.state.pending_bytes
-        self.stats.rings = {r.name: r.counters() for r in self.rings}
+        self.save_rings()
         self.stats.enrich = dict(self.stage.counters)
         self.stats.save()
 
-    def close(self) -> None:
+    def save_rings(self) -> None:
         self.stats.rings = {r.name: r.counters() for r in self.rings}
+        self.stats.ring_groups = [[r.name for r in group] for group in self.ring_groups]
+
+    def close(self) -> None:
+        self.save_rings()
         self.stats.enrich = dict(self.stage.counters)
         self.stats.save()
         self.stats.log_summary(log, final=True)
@@ -304,9 +324,10 @@ def run_pcap(shard: Shard, path: str, port: Optional[int]) -> None:
 def shard_main(shard_id: int, core: CoreConfig, listener: Optional[Listener], ring_names: list[str],
                bus_endpoints: Optional[BusEndpoints], stats_path: Optional[str],
                wanted: Optional[frozenset] = None, sock: Optional[socket.socket] = None,
-               folds: Optional[list[Optional[FoldSpec]]] = None) -> None:
+               folds: Optional[list[Optional[FoldSpec]]] = None,
+               partitions: Optional[list[Optional[PartitionSpec]]] = None) -> None:
     """Process entry point (see engine.supervisor)."""
-    shard = Shard(shard_id, core, ring_names, bus_endpoints, stats_path, listener, wanted, folds)
+    shard = Shard(shard_id, core, ring_names, bus_endpoints, stats_path, listener, wanted, folds, partitions)
 
     def on_term(_signum, _frame):
         shard.stopping = True

@@ -50,6 +50,7 @@ class ShardStats:
         self.batches = 0
         self.kernel_drops = 0
         self.rings: dict[str, dict] = {}
+        self.ring_groups: list[list[str]] = []  # per plugin: its rings (one per worker); together offered each record
         self.enrich: dict[str, int] = {}   # allow file / pre_tag_map counters (engine/enrich ShardStage)
         self.records_decoded = 0           # records out of the decoders (and released by bus templates)
         self.records_from_bus = 0          # of those, released by templates from the bus (not in exporter flows)
@@ -94,6 +95,7 @@ class ShardStats:
             "pending_sets_now": self.pending_sets_now,
             "pending_bytes_now": self.pending_bytes_now,
             "rings": self.rings,            # shared-memory counters: they outlive a shard's restart by themselves
+            "ring_groups": self.ring_groups,
             "enrich": enrich,
             "exporters": exporters,
         }
