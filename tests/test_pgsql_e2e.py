@@ -242,3 +242,21 @@ def test_insert_only_appends(pg_server, tmp_path):
     twice = pg_server.query(db, "SELECT count(*), sum(packets) FROM acct_v4")[0]
     assert twice == (2 * once[0], 2 * once[1])
     assert once[1] == sum(f["packets"] for f in FLOWS[:40])
+
+
+@pytest.mark.parametrize("case", ["custom_dynamic", "v9_upsert"])
+def test_plugin_workers_write_the_same_rows(runs, pg_server, tmp_path, case):
+    """plugin_workers: 3 workers, each its share of the keys, write exactly the one-process rows -- creating the
+    dynamic tables from sql_table_schema at the same moments (no worker's rows lost to another's CREATE)."""
+    keys, versions, _ = CASES[case]
+    pcap = tmp_path / "flows.pcap"
+    write_flows_pcap(pcap, FLOWS)
+    schema = tmp_path / "custom.schema"
+    schema.write_text(CUSTOM_SCHEMA)
+    db = pg_server.create_db(f"{case}_workers")
+    for v in versions:
+        pg_server.execute(db, pmacct_table_sql(v))
+    proc = run_pmengine_pcap(plugin_conf(pcap, pg_server.port, db, keys, {"plugin_workers": "3"}, schema), tmp_path)
+    assert "refused" not in proc.stderr, proc.stderr[-3000:]
+    _nf, one_process = runs[case]
+    assert table_rows(pg_server, db, "sql_history" in keys) == one_process

@@ -247,6 +247,10 @@ class PgsqlWriter:
         table = part.table
         if table in self._tables:
             return self._tables[table]
+        if self.opts.table_schema:
+            # plugin_workers: another worker may be creating this table right now; the lock (held to the end
+            # of this transaction) lets one create it and the others then find it
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
         if not table_exists(cur, table) and self.opts.table_schema:
             with open(self.opts.table_schema) as f:
                 schema = f.read()
