@@ -16,6 +16,7 @@ import pytest
 
 from engine.config.tree import CoreConfig, PluginConfig
 from engine.plugins.aggregate import Aggregator
+from engine.plugins import print_plugin
 from engine.plugins.print_plugin import PrintWriter
 from engine.plugins.purge_rounds import KEEP_ROUNDS, PurgeRounds
 from engine.schema import IPV4_MAPPED_PREFIX, empty
@@ -181,6 +182,29 @@ def test_two_writers_one_file_over_rounds(tmp_path, output, append):
     assert w0.rows_written == 5 and w1.rows_written == 2 and w0.write_errors == w1.write_errors == 0
 
 
+def test_the_first_worker_appends_after_its_title_like_the_others(tmp_path, monkeypatch):
+    """Blocks are appended after the lock: worker b may write its whole part between two blocks of the round's
+    first worker a, whose own blocks must then land after b's (O_APPEND), never over them."""
+    monkeypatch.setattr(print_plugin, "CHUNK_ROWS", 2)
+    out = tmp_path / "flows.csv"
+    cfg = config(output="csv", output_file=str(out))
+    a, b = workers(cfg, str(tmp_path / "state"))
+    a.purge_round = b.purge_round = 60
+    blocks = a._blocks
+
+    def a_blocks(rows):
+        for i, block in enumerate(blocks(rows)):
+            yield block
+            if i == 0:
+                b.write(rows_of(cfg, ["10.9.0.1", "10.9.0.2", "10.9.0.3"]))
+    monkeypatch.setattr(a, "_blocks", a_blocks)
+    a.write(rows_of(cfg, ["10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.4"]))
+    lines = out.read_text().splitlines()
+    assert lines[0] == "SRC_IP,PACKETS,BYTES"
+    assert lines[1:] == ["10.1.0.1,1,100", "10.1.0.2,1,100", "10.9.0.1,1,100", "10.9.0.2,1,100",
+                         "10.9.0.3,1,100", "10.1.0.3,1,100", "10.1.0.4,1,100"]
+
+
 def test_csv_literal_two_workers(tmp_path):
     out = tmp_path / "flows.csv"
     cfg = config(output="csv", output_file=str(out))
@@ -302,6 +326,32 @@ def test_processes_write_one_file_in_one_round(tmp_path, procs):
     assert len({p for p, _ in blocks}) == procs
     lines = [line for _, body in blocks for line in body.splitlines()]
     assert lines.count("SRC_IP,PACKETS,BYTES") == 1 and blocks[0][1].startswith("SRC_IP,PACKETS,BYTES\n")
+    expected = [f"10.{k}.{i}.{j},1,100" for k in range(procs) for i in range(WRITES) for j in range(ROWS)]
+    assert sorted(lines[1:]) == sorted(expected)
+
+
+@pytest.mark.parametrize("procs", [2, 4])
+def test_processes_append_whole_lines_without_markers(tmp_path, procs, monkeypatch):
+    """Without markers the workers append after the lock, a block of lines per write(): with blocks of 16 rows
+    (forked children inherit the patched CHUNK_ROWS) their blocks alternate, but every line is whole, the
+    title comes once, first, and the leftover file of an earlier round is gone."""
+    monkeypatch.setattr(print_plugin, "CHUNK_ROWS", 16)
+    out = tmp_path / "flows.csv"
+    out.write_text("from the previous round\n")
+    cfg = config(output="csv", output_file=str(out))
+    rounds = PurgeRounds(str(tmp_path / "state"), "p")
+    ctx = mp.get_context("fork")
+    start, errors = ctx.Event(), ctx.Queue()
+    children = [ctx.Process(target=_file_worker, args=(k, cfg, rounds, start, errors)) for k in range(procs)]
+    for c in children:
+        c.start()
+    start.set()
+    for c in children:
+        c.join(60)
+        assert c.exitcode == 0
+    assert [errors.get(timeout=5) for _ in children] == [0] * procs
+    lines = out.read_text().splitlines()
+    assert lines[0] == "SRC_IP,PACKETS,BYTES" and lines.count("SRC_IP,PACKETS,BYTES") == 1
     expected = [f"10.{k}.{i}.{j},1,100" for k in range(procs) for i in range(WRITES) for j in range(ROWS)]
     assert sorted(lines[1:]) == sorted(expected)
 

@@ -20,12 +20,12 @@ File behaviour (observed on nfacctd 1.7.7):
 A write error is logged and counted, never raised.
 
 Several workers of one plugin (plugin_workers > 1, coordinate() with a
-purge_rounds.PurgeRounds): each renders its rows first (into a spool, in
-memory up to SPOOL_MEMORY_BYTES), then writes them under the plugin's lock,
-so the rendering runs in parallel and the bytes never interleave.  Without
-append, the first worker to write a path in a purge round truncates it and
-writes the title, the others append without one; with append, the title is
-written only when the file is new.  stdout gets its title once over all
+purge_rounds.PurgeRounds): under the plugin's lock, the first worker to write
+a path in a purge round truncates it and writes the title (without append;
+with append the title is written only when the file is new); then each
+worker renders and appends its rows in blocks of whole lines, one write()
+each, in parallel with the others (files: blocks of different workers may
+alternate, lines never mix).  stdout gets its title once over all
 workers.  An empty purge writes the empty file (print_write_empty_file) only
 when no worker wrote that path in the round.  With print_markers each worker
 writes its own --START (pid)--/--END (pid)-- (JSON: purge_init/purge_close,
@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import time
 from typing import Iterable, Iterator, Optional
 
@@ -54,8 +53,6 @@ from .render import (COUNTER_KEYS, FORMATTED_WIDTH, RenderOptions, counter_names
                      primitive_values, printed_primitives, stamp_text)
 
 CHUNK_ROWS = 16384
-SPOOL_MEMORY_BYTES = 64 << 20  # a coordinated worker's rendered part beyond this spills to a file in the state dir
-COPY_BYTES = 1 << 20
 JSON_COUNTER_ORDER = ("flows", "packets", "bytes")     # CSV / formatted: PACKETS, FLOWS, BYTES
 OUTPUTS = ("formatted", "csv", "json", "event_formatted", "event_csv")
 
@@ -185,6 +182,19 @@ class _TextOut:
         self.stream.write(data.decode("utf-8"))
 
 
+class _FdOut:
+    """write() of whole blocks straight to a file descriptor: one system call per block (O_APPEND keeps a
+    block whole against other workers' appends)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+
 class PrintWriter:
     """Writes each purge's rows; keeps counters of rows, files and write errors."""
 
@@ -306,54 +316,56 @@ class PrintWriter:
         self.rows_written += len(rows)
 
     # -- several workers, one output (plugin_workers > 1) -------------------------------------------
-    def _spool(self, rows: AggregatedRows) -> tempfile.SpooledTemporaryFile:
-        """The rendered lines of a worker's part, before it takes the lock."""
-        os.makedirs(self.rounds.state_dir, mode=0o700, exist_ok=True)
-        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES, dir=self.rounds.state_dir)
-        try:
-            for block in self._blocks(rows):
-                spool.write(block)
-            spool.seek(0)
-        except BaseException:
-            spool.close()
-            raise
-        return spool
-
-    @staticmethod
-    def _replay(spool) -> Iterator[bytes]:
-        return iter(lambda: spool.read(COPY_BYTES), b"")
-
     def _write_shared_file(self, path: str, rows: AggregatedRows, total: int, started: float,
                            peer: Optional[str]) -> None:
-        """_write_file for one of several workers: the round's first truncates and titles, the others append."""
+        """_write_file for one of several workers: the round's first truncates and titles, the others append.
+
+        The claim (under the plugin's lock) opens the file, truncating and titling it when this worker is the
+        round's first.  The rows are then rendered and appended after the lock, a block of whole lines per
+        write() (O_APPEND: workers' blocks never mix within a block), so the workers render in parallel and
+        hold one block each in memory.  With print_markers a worker's whole part stays under the lock."""
         append = self.plugin.output_file_append
+        fd = -1
         try:
             folder = os.path.dirname(path)
             if folder:
                 os.makedirs(folder, mode=0o777 & ~self.umask, exist_ok=True)
-            with self._spool(rows) as body, self.rounds.claim(path, self.purge_round) as first:
+            with self.rounds.claim(path, self.purge_round) as first:
                 if len(rows) == 0 and not first:
                     return                  # print_write_empty_file: another worker wrote it this round
                 truncate = first and not append
                 with_title = truncate or (append and not os.path.exists(path))
-                flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
-                with os.fdopen(os.open(path, flags, 0o666 & ~self.umask), "wb") as out:
-                    self._emit(out, rows, with_title, total, started, self._replay(body))
+                flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
+                fd = os.open(path, flags, 0o666 & ~self.umask)
+                if self.plugin.markers:
+                    self._emit(_FdOut(fd), rows, with_title, total, started)
+                else:
+                    title = self.fmt.title(rows.primitives, rows.with_flows)
+                    if with_title and title is not None:
+                        _FdOut(fd).write((title + "\n").encode())
+            if not self.plugin.markers:
+                for block in self._blocks(rows):
+                    _FdOut(fd).write(block)
+                self._written_this_purge += len(rows)
         except OSError as e:
             self.write_errors += 1
             self.log.error("cannot write %s: %s", path, e)
             return
+        finally:
+            if fd >= 0:
+                os.close(fd)
         self.rows_written += len(rows)
         if self.plugin.latest_file:
             self._update_latest(self.expand(self.plugin.latest_file, None, peer), path)
 
     def _write_shared_stdout(self, rows: AggregatedRows, total: int, started: float) -> None:
-        """_write_stdout for one of several workers: the title once over all of them, whole parts."""
+        """_write_stdout for one of several workers: the title once over all of them, whole parts (under the
+        lock: a pipe keeps writes whole only up to PIPE_BUF)."""
         try:
-            with self._spool(rows) as body, self.rounds.claim("", self.purge_round) as first:
+            with self.rounds.claim("", self.purge_round) as first:
                 sys.stdout.flush()
                 stream = getattr(sys.stdout, "buffer", None)
-                self._emit(stream or _TextOut(sys.stdout), rows, first, total, started, self._replay(body))
+                self._emit(stream or _TextOut(sys.stdout), rows, first, total, started)
                 (stream or sys.stdout).flush()
         except OSError as e:
             self.write_errors += 1

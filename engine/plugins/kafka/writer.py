@@ -12,6 +12,13 @@ Accounting (counters(), saved in the plugin's stats and logged at close):
 - delivered = produced - failed - still queued (librdkafka reports failures
   only: no Python call per delivered message).
 lost_rows = failed_rows + dropped_rows.  Failures are logged (rate-limited).
+
+plugin_workers: the workers of one plugin produce to the same topics.  Several producers auto-creating one
+topic at once make the broker refuse all but one ("Invalid topic"), and the others' client then takes the
+topic for absent: their messages fail.  So a coordinated writer (coordinate()) meets each topic name first
+under the plugin's lock (purge_rounds.PurgeRounds): it asks the broker for the topic's metadata (which
+auto-creates it where the broker allows) and waits up to TOPIC_WAIT_S for its partitions; the next worker
+finds it there.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ CHUNK_ROWS = 65536          # rows rendered at a time
 QUEUE_STALL_S = 5.0         # a full queue that does not shrink for this long: the broker is away, drop
 CLOSE_FLUSH_S = 10.0        # bounded flush at exit; what is left is purged and counted as lost
 LOG_EVERY_S = 10.0          # at most one failure summary per this many seconds
+TOPIC_WAIT_S = 5.0          # plugin_workers: how long a worker waits for a topic it asked the broker to create
 
 
 class _LibrdkafkaLog:
@@ -79,6 +87,8 @@ class KafkaWriter:
         self._logged_at = 0.0           # last "rows lost" error
         self._warned_at = 0.0           # last broker error warning
         self._logged_lost = 0
+        self.rounds = None              # plugin_workers: the plugin's shared lock (coordinate())
+        self._topics_met: set[str] = set()
         try:
             conf = producer_config(self.options)
         except ValueError as e:
@@ -111,6 +121,30 @@ class KafkaWriter:
             self._warned_at = now
             self.log.warning("kafka plugin %s: %s", self.plugin.name, err)
 
+    def coordinate(self, rounds) -> None:
+        """Share topic creation with the other workers of this plugin (module docstring)."""
+        self.rounds = rounds
+
+    def _meet_topics(self, topics) -> None:
+        """Each topic name not met yet: under the plugin's lock, have it exist before producing to it."""
+        from confluent_kafka import KafkaException
+        new = set(topics) - self._topics_met
+        if not new:
+            return
+        with self.rounds.locked():
+            for topic in sorted(new):
+                deadline = time.monotonic() + TOPIC_WAIT_S
+                while time.monotonic() < deadline:
+                    try:
+                        meta = self.producer.list_topics(topic, timeout=TOPIC_WAIT_S).topics.get(topic)
+                    except KafkaException as e:
+                        self.last_error = str(e)
+                        break           # the broker is away: produce() will queue and count as usual
+                    if meta is not None and meta.error is None and meta.partitions:
+                        break
+                    time.sleep(0.1)
+                self._topics_met.add(topic)
+
     # -- the writer contract ------------------------------------------------------------
     @property
     def queued(self) -> int:
@@ -124,6 +158,8 @@ class KafkaWriter:
         """Queue one purge; returns the rows queued.  Blocks at most ~QUEUE_STALL_S on a broker that is away."""
         started = time.time()
         marker_topic = msgs.static_topic(self.options.topic)
+        if self.rounds is not None and self.options.markers:
+            self._meet_topics([marker_topic])
         if self.options.markers:
             self._produce_markers(marker_topic, msgs.marker_init(self.writer_id))
         queued = 0
@@ -151,6 +187,8 @@ class KafkaWriter:
         """Queue a group's messages; returns rows queued (fewer when the queue stalled: the rest is dropped)."""
         produce = self.producer.produce
         partition = self.options.partition
+        if self.rounds is not None:
+            self._meet_topics(group.topic if isinstance(group.topic, list) else [group.topic])
         topics = group.topic if isinstance(group.topic, list) else repeat(group.topic)
         keys = group.key if isinstance(group.key, list) else repeat(group.key)
         rows_each = group.rows
@@ -247,6 +285,7 @@ class KafkaWriter:
         c = self.counters()
         level = logging.ERROR if c["lost_rows"] else logging.INFO
         self.log.log(level, "kafka plugin %s closed: produced=%d produced_rows=%d delivered=%d failed=%d "
-                     "failed_rows=%d dropped_queue_full=%d dropped_rows=%d lost_rows=%d queued=%d",
+                     "failed_rows=%d dropped_queue_full=%d dropped_rows=%d lost_rows=%d queued=%d%s",
                      self.plugin.name, c["produced"], c["produced_rows"], c["delivered"], c["failed"],
-                     c["failed_rows"], c["dropped_queue_full"], c["dropped_rows"], c["lost_rows"], c["queued"])
+                     c["failed_rows"], c["dropped_queue_full"], c["dropped_rows"], c["lost_rows"], c["queued"],
+                     f" (last error: {self.last_error})" if c["lost_rows"] and self.last_error else "")
