@@ -18,7 +18,9 @@ plugin process: a few hundred keys need no split); --workers K sets K for every 
 The shards 1 → 2 model: pmengine's processes are split into receivers (those holding a socket on the port:
 shards; nfacctd's core) and the rest (plugin workers, supervisor, forkserver); with one core per process,
 throughput at saturation is min(shards / receiver CPU per flow, 1 / CPU per flow of the busiest other
-process); scaling = that ratio 2 vs 1 shards.
+process), the median over a row's --runs runs; scaling = that ratio 2 vs 1 shards.  On this 2-CPU box the
+sender, the shards and the workers share the CPUs, so the 2-shard rows pay for the contention (cold caches)
+that a box with a core per process would not: the model measures the per-process cost under it.
 """
 from __future__ import annotations
 
@@ -70,6 +72,8 @@ class Result:
     receiver_cpu: float = 0.0
     busiest_other_cpu: float = 0.0     # run CPU of the busiest process not holding a socket (a plugin worker)
     workers: int = 1
+    shards: int = 1
+    capacity: float = 0.0       # CPU-time model flows/s (capacity()): the median over the runs of this row
     send_rate: float = 0.0
     wall: float = 0.0
     bytes_kept: float = 0.0
@@ -328,7 +332,7 @@ def run_collector(scenario: Scenario, collector: str, pcap_payloads: list, expec
     else:
         cmd = [shutil.which(daemon) or f"/usr/sbin/{daemon}", "-f", str(conf)]
     log = open(work / f"{collector}.log", "w")
-    res = Result(collector, expected["flows"], workers=nworkers)
+    res = Result(collector, expected["flows"], workers=nworkers, shards=shards)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     sampler = None
     try:
@@ -415,13 +419,17 @@ def format_table(rows: list[tuple[Scenario, Result, Result | None]]) -> str:
     return "\n".join(lines)
 
 
-def scaling_model(one: Result, two: Result) -> str:
+def capacity(r: Result) -> float:
     """min(shards / receiver CPU per flow, 1 / busiest other process's CPU per flow): flows/s with one core
     per process."""
-    def capacity(r: Result, shards: int) -> float:
-        rec, other = r.receiver_cpu / r.flows, max(r.busiest_other_cpu, 1e-9) / r.flows
-        return min(shards / rec if rec > 0 else float("inf"), 1 / other)
-    c1, c2 = capacity(one, 1), capacity(two, 2)
+    rec, other = r.receiver_cpu / r.flows, max(r.busiest_other_cpu, 1e-9) / r.flows
+    return min(r.shards / rec if rec > 0 else float("inf"), 1 / other)
+
+
+def scaling_model(one: Result, two: Result) -> str:
+    """Shards 1 -> 2 by capacity(): each row's median over its runs (its components shown are the median-CPU
+    run's)."""
+    c1, c2 = one.capacity or capacity(one), two.capacity or capacity(two)
     return (f"CPU-time model: shards 1 → {c1:,.0f} flows/s, shards 2 → {c2:,.0f} flows/s "
             f"(receiver µs/flow {one.receiver_cpu / one.flows * 1e6:.2f} / {two.receiver_cpu / two.flows * 1e6:.2f}, "
             f"busiest other process {one.busiest_other_cpu / one.flows * 1e6:.2f} / "
@@ -448,8 +456,10 @@ def bench(scenarios: list[Scenario], flows: int, rate: float, runs: int, shards:
         payloads, expected = prepare(sc, flows, work, sampling_rate)
         ref = None
         for collector in collectors_of(sc, shards):
-            r = median_result([run_collector(sc, collector, payloads, expected, rate, work, sampling_rate > 1,
-                                             workers=workers) for _ in range(runs)])
+            results = [run_collector(sc, collector, payloads, expected, rate, work, sampling_rate > 1,
+                                     workers=workers) for _ in range(runs)]
+            r = median_result(results)
+            r.capacity = sorted(capacity(x) for x in results)[len(results) // 2]
             ref = r if ref is None else ref
             table.append((sc, r, None if r is ref else ref))
             print(format_table([table[-1]]).splitlines()[-1], file=sys.stderr, flush=True)
