@@ -211,20 +211,24 @@ class Shard:
                     self._write(ring, chunk, len(chunk) + folded, batch)
                     folded = 0
 
-    def _write(self, ring: Ring, chunk: np.ndarray, offered: int, rows_of: Optional[np.ndarray] = None) -> None:
-        """Write a chunk of records, or (rows_of given) the records rows_of[chunk]."""
-        write = ring.write if rows_of is None else (lambda rows, offered: ring.write_rows(rows_of, rows, offered))
-        if not self.blocking_writes:
-            write(chunk, offered)           # a full ring drops and counts the batch
-            return
-        # offline or shutting down: wait for room (bounded), the counters stay exact
+    def _write(self, ring: Ring, chunk: np.ndarray, offered: int, source: Optional[np.ndarray] = None) -> None:
+        """Write a chunk of records or, with source, the records source[chunk] (chunk: row numbers); a full ring
+        drops and counts the chunk."""
+        if self.blocking_writes:
+            self._wait_for_room(ring, len(chunk))
+        if source is None:
+            ring.write(chunk, offered)
+        else:
+            ring.write_rows(source, chunk, offered)
+
+    def _wait_for_room(self, ring: Ring, n: int) -> None:
+        """Offline or shutting down: wait (bounded) until the ring has room for n records: counters stay exact."""
         deadline = time.monotonic() + (3600 if not self.stopping else 5.0)
-        while ring.capacity - ring.pending() < len(chunk):
+        while ring.capacity - ring.pending() < n:
             if time.monotonic() > deadline:
-                break               # still no room: the write below drops and counts it
+                break               # still no room: the write drops and counts it
             beat()
             time.sleep(0.002)
-        write(chunk, offered)
 
     def housekeeping(self, now: float, sock: Optional[socket.socket]) -> None:
         self.stats.add_expired(self.state.expire_pending(int(now * 1e6)))
