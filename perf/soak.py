@@ -1,6 +1,6 @@
 """Soak: N minutes of NetFlow v9 at a fixed rate into `pmengine start --shards 2`, a shard SIGKILLed every minute.
 
-    python3 perf/soak.py [--minutes 10] [--rate 1250] [--shards 2] [--kill-every 60] [--kill-signal KILL]
+    python3 perf/soak.py [--minutes 10] [--rate 1250] [--shards 2] [--workers 1] [--kill-every 60] [--kill-signal KILL]
 
 Traffic: 8 exporters (127.0.0.60-67), templates sent once at the start (a restarted shard must get them from
 the bus), data packets of 20 records each with packets=1, so aggregated packets = aggregated records.  The
@@ -117,6 +117,7 @@ def main() -> int:
                     help="datagrams per second (20 flows each); default 1250 = 25k flows/s, half of the 50k flows/s "
                          "perf/README.md reports with zero loss; use half the highest zero-loss rate of perf/bench.py")
     ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1, help="plugin_workers of the print plugin")
     ap.add_argument("--kill-every", type=float, default=60.0, help="seconds between shard kills")
     ap.add_argument("--kill-signal", choices=("KILL", "TERM"), default="KILL")
     ap.add_argument("--port", type=int, default=0, help="UDP port (0: a free one)")
@@ -137,7 +138,7 @@ def main() -> int:
     conf.write_text(f"nfacctd_ip: 127.0.0.1\nnfacctd_port: {port}\nnfacctd_pipe_size: 16777216\n"
                     f"plugins: print[soak]\naggregate: peer_src_ip, proto\nprint_output: json\n"
                     f"print_output_file: {out}\nprint_output_file_append: true\nprint_refresh_time: 60\n"
-                    f"logfile: {work}/engine.log\n")
+                    f"logfile: {work}/engine.log\nplugin_workers: {args.workers}\n")
     engine = subprocess.Popen([sys.executable, "-m", "engine.cli", "start", "--shards", str(args.shards),
                                "-f", str(conf)], cwd=ROOT)
     try:
