@@ -437,8 +437,12 @@ def scaling_model(one: Result, two: Result) -> str:
             f"scaling {c2 / c1:.2f}x")
 
 
-def prepare(scenario: Scenario, flows: int, work: Path, sampling_rate: int) -> tuple[list, dict]:
-    spec = TrafficSpec(scenario.protocol, flows, exporters=4, cardinality=max(1000, min(flows, 1 << 24)),
+EXPORTERS = 4                   # default exporters of the generated traffic (--exporters)
+
+
+def prepare(scenario: Scenario, flows: int, work: Path, sampling_rate: int,
+            exporters: int = EXPORTERS) -> tuple[list, dict]:
+    spec = TrafficSpec(scenario.protocol, flows, exporters=exporters, cardinality=max(1000, min(flows, 1 << 24)),
                        ipv6_share=scenario.ipv6_share, sampling_rate=sampling_rate)
     pcap = work / f"{scenario.name}.pcap"
     expected = generate(spec, pcap, work / f"{scenario.name}.json")
@@ -450,10 +454,11 @@ def collectors_of(scenario: Scenario, shards: list[int]) -> list[str]:
 
 
 def bench(scenarios: list[Scenario], flows: int, rate: float, runs: int, shards: list[int], work: Path,
-          sampling_rate: int = 1, workers: str = "auto") -> list[tuple[Scenario, Result, Result | None]]:
+          sampling_rate: int = 1, workers: str = "auto",
+          exporters: int = EXPORTERS) -> list[tuple[Scenario, Result, Result | None]]:
     table = []
     for sc in scenarios:
-        payloads, expected = prepare(sc, flows, work, sampling_rate)
+        payloads, expected = prepare(sc, flows, work, sampling_rate, exporters)
         ref = None
         for collector in collectors_of(sc, shards):
             results = [run_collector(sc, collector, payloads, expected, rate, work, sampling_rate > 1,
@@ -507,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-steps", type=int, default=4)
     ap.add_argument("--workers", default="auto", help="plugin_workers of pmengine runs: auto (= shards for the "
                     "5-tuple, 1 for the matrix) or a number")
+    ap.add_argument("--exporters", type=int, default=EXPORTERS, help="exporters (source addresses) of the "
+                    "traffic: SO_REUSEPORT spreads them over the shards, so few exporters can load shards unevenly")
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--keep", help="keep pcaps, configs, logs and outputs in this folder")
     a = ap.parse_args(argv)
@@ -521,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             lo, hi = (float(x) for x in a.sweep_range.split(","))
             print("\n".join(sweep(scenarios, a.flows, shards, work, lo, hi, a.sweep_steps, a.workers)))
             return 0
-        table = bench(scenarios, a.flows, a.rate, a.runs, shards, work, a.sampling_rate, a.workers)
+        table = bench(scenarios, a.flows, a.rate, a.runs, shards, work, a.sampling_rate, a.workers, a.exporters)
     print(f"{a.flows} flows per scenario at {a.rate:,.0f} flows/s, {os.cpu_count()} CPUs, "
           f"runs={a.runs}; ratio = pmengine µs/flow / reference µs/flow")
     print(format_table(table))
