@@ -238,57 +238,57 @@ class Ring:
         offered: how many records the writer was given for this batch before folding some into others (>= the
         batch's length): a written batch adds the difference to the folded count, a dropped one counts all of
         them as dropped, so that offered = written + folded + dropped always holds."""
-        if records.dtype != self.dtype:
-            raise TypeError(f"ring {self.name} carries {self.dtype}, got records of {records.dtype}")
         n = len(records)
-        offered = n if offered is None else offered
-        if n == 0:
-            return True
-        hdr, cap = self._hdr, self.capacity
-        w = hdr[_WRITE]
-        if n > cap - (w - hdr[_READ]):
-            hdr[_DROP_RECORDS] += offered
-            hdr[_DROP_BATCHES] += 1
-            return False
-        if offered != n:
-            hdr[_FOLDED] += offered - n
+        w = self._reserve(records, n, offered)
+        if w is None:
+            return n == 0
         src = np.frombuffer(np.ascontiguousarray(records), np.uint8)
-        size = self._size
+        size, cap = self._size, self.capacity
         pos = (w % cap) * size
         first = min(n * size, cap * size - pos)
         self._slots[pos:pos + first] = src[:first]
         if first < n * size:
             self._slots[:n * size - first] = src[first:]
-        hdr[_W_BATCHES] += 1
-        hdr[_WRITE] = w + n                     # commit: the reader sees the batch from here on
+        self._commit(w, n)
         return True
 
     def write_rows(self, records: np.ndarray, rows: np.ndarray, offered: int | None = None) -> bool:
         """write(records[rows], offered) without the intermediate copy: the rows are gathered straight into
         the slots (a plugin worker's share of a batch, engine/shards/partition.py)."""
-        if records.dtype != self.dtype:
-            raise TypeError(f"ring {self.name} carries {self.dtype}, got records of {records.dtype}")
         n = len(rows)
-        offered = n if offered is None else offered
-        if n == 0:
-            return True
-        hdr, cap = self._hdr, self.capacity
-        w = hdr[_WRITE]
-        if n > cap - (w - hdr[_READ]):
-            hdr[_DROP_RECORDS] += offered
-            hdr[_DROP_BATCHES] += 1
-            return False
-        if offered != n:
-            hdr[_FOLDED] += offered - n
-        start = w % cap
-        first = min(n, cap - start)
+        w = self._reserve(records, n, offered)
+        if w is None:
+            return n == 0
+        start = w % self.capacity
+        first = min(n, self.capacity - start)
         # mode="clip": numpy buffers `out` in the default mode "raise" (~15x slower); rows are in range anyway
         np.take(records, rows[:first], out=self._records[start:start + first], mode="clip")
         if first < n:
             np.take(records, rows[first:], out=self._records[:n - first], mode="clip")
-        hdr[_W_BATCHES] += 1
-        hdr[_WRITE] = w + n                     # commit: the reader sees the batch from here on
+        self._commit(w, n)
         return True
+
+    def _reserve(self, records: np.ndarray, n: int, offered: int | None) -> int | None:
+        """The write index for n records, or None: nothing to write (n == 0), or no room (the batch is dropped:
+        its offered records counted).  Counts the records folded away (offered - n) of a batch that fits."""
+        if records.dtype != self.dtype:
+            raise TypeError(f"ring {self.name} carries {self.dtype}, got records of {records.dtype}")
+        if n == 0:
+            return None
+        offered = n if offered is None else offered
+        hdr = self._hdr
+        w = hdr[_WRITE]
+        if n > self.capacity - (w - hdr[_READ]):
+            hdr[_DROP_RECORDS] += offered
+            hdr[_DROP_BATCHES] += 1
+            return None
+        if offered != n:
+            hdr[_FOLDED] += offered - n
+        return w
+
+    def _commit(self, w: int, n: int) -> None:
+        self._hdr[_W_BATCHES] += 1
+        self._hdr[_WRITE] = w + n               # commit: the reader sees the batch from here on
 
     def _readable(self, max_records: int | None) -> tuple[int, int]:
         """(read index, records to take): the pending records, up to max_records.  An impossible index pair
