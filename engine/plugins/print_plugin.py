@@ -38,6 +38,7 @@ import logging
 import os
 import sys
 import time
+from contextlib import nullcontext
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
@@ -300,14 +301,19 @@ class PrintWriter:
             self._update_latest(self.expand(self.plugin.latest_file, None, peer), path)
 
     def _write_stdout(self, rows: AggregatedRows, total: int, started: float) -> None:
+        """The title on the first block that prints rows.  Several workers (coordinated): the title once over
+        all of them, and a worker's whole part under the plugin's lock (a pipe keeps writes whole only up to
+        PIPE_BUF)."""
         if self.rounds is not None:
-            self._write_shared_stdout(rows, total, started)
-            return
+            turn = self.rounds.claim("", self.purge_round)         # yields whether the title is still due
+        else:
+            turn = nullcontext(not self.stdout_titled)
         try:
-            sys.stdout.flush()
-            stream = getattr(sys.stdout, "buffer", None)
-            self._emit(stream or _TextOut(sys.stdout), rows, not self.stdout_titled, total, started)
-            (stream or sys.stdout).flush()
+            with turn as with_title:
+                sys.stdout.flush()
+                stream = getattr(sys.stdout, "buffer", None)
+                self._emit(stream or _TextOut(sys.stdout), rows, with_title, total, started)
+                (stream or sys.stdout).flush()
         except OSError as e:
             self.write_errors += 1
             self.log.error("cannot write to stdout: %s", e)
@@ -357,22 +363,6 @@ class PrintWriter:
         self.rows_written += len(rows)
         if self.plugin.latest_file:
             self._update_latest(self.expand(self.plugin.latest_file, None, peer), path)
-
-    def _write_shared_stdout(self, rows: AggregatedRows, total: int, started: float) -> None:
-        """_write_stdout for one of several workers: the title once over all of them, whole parts (under the
-        lock: a pipe keeps writes whole only up to PIPE_BUF)."""
-        try:
-            with self.rounds.claim("", self.purge_round) as first:
-                sys.stdout.flush()
-                stream = getattr(sys.stdout, "buffer", None)
-                self._emit(stream or _TextOut(sys.stdout), rows, first, total, started)
-                (stream or sys.stdout).flush()
-        except OSError as e:
-            self.write_errors += 1
-            self.log.error("cannot write to stdout: %s", e)
-            return
-        self.stdout_titled = True
-        self.rows_written += len(rows)
 
     def _update_latest(self, latest: str, path: str) -> None:
         try:
