@@ -302,13 +302,8 @@ def _file_worker(worker: int, cfg: PluginConfig, rounds: PurgeRounds, start, err
     errors.put(w.write_errors)
 
 
-@pytest.mark.parametrize("procs", [2, 4])
-def test_processes_write_one_file_in_one_round(tmp_path, procs):
-    out = tmp_path / "flows.csv"
-    out.write_text("from the previous round\n")
-    cfg = config(output="csv", output_file=str(out), markers=True)
-    rounds = PurgeRounds(str(tmp_path / "state"), "p")
-    assert claimed(rounds, str(tmp_path / "other"), 1)      # lock file opened before the fork
+def run_file_workers(cfg: PluginConfig, rounds: PurgeRounds, procs: int) -> None:
+    """procs forked _file_workers started together; each must exit 0 without a write error."""
     ctx = mp.get_context("fork")
     start, errors = ctx.Event(), ctx.Queue()
     children = [ctx.Process(target=_file_worker, args=(k, cfg, rounds, start, errors)) for k in range(procs)]
@@ -319,6 +314,16 @@ def test_processes_write_one_file_in_one_round(tmp_path, procs):
         c.join(60)
         assert c.exitcode == 0
     assert [errors.get(timeout=5) for _ in children] == [0] * procs
+
+
+@pytest.mark.parametrize("procs", [2, 4])
+def test_processes_write_one_file_in_one_round(tmp_path, procs):
+    out = tmp_path / "flows.csv"
+    out.write_text("from the previous round\n")
+    cfg = config(output="csv", output_file=str(out), markers=True)
+    rounds = PurgeRounds(str(tmp_path / "state"), "p")
+    assert claimed(rounds, str(tmp_path / "other"), 1)      # lock file opened before the fork
+    run_file_workers(cfg, rounds, procs)
     text = out.read_text()
     blocks = BLOCK.findall(text)
     assert "".join(f"--START ({p})--\n{body}--END ({p})--\n" for p, body in blocks) == text   # whole blocks only
@@ -340,16 +345,7 @@ def test_processes_append_whole_lines_without_markers(tmp_path, procs, monkeypat
     out.write_text("from the previous round\n")
     cfg = config(output="csv", output_file=str(out))
     rounds = PurgeRounds(str(tmp_path / "state"), "p")
-    ctx = mp.get_context("fork")
-    start, errors = ctx.Event(), ctx.Queue()
-    children = [ctx.Process(target=_file_worker, args=(k, cfg, rounds, start, errors)) for k in range(procs)]
-    for c in children:
-        c.start()
-    start.set()
-    for c in children:
-        c.join(60)
-        assert c.exitcode == 0
-    assert [errors.get(timeout=5) for _ in children] == [0] * procs
+    run_file_workers(cfg, rounds, procs)
     lines = out.read_text().splitlines()
     assert lines[0] == "SRC_IP,PACKETS,BYTES" and lines.count("SRC_IP,PACKETS,BYTES") == 1
     expected = [f"10.{k}.{i}.{j},1,100" for k in range(procs) for i in range(WRITES) for j in range(ROWS)]
