@@ -219,16 +219,14 @@ class Supervisor:
     def _add_plugin(self, p, core, worker_rings: list[list[str]]) -> None:
         """The plugin's process, or its workers' (plugin_workers): worker k drains ring k of every shard and
         shares its output files through a PurgeRounds folder (engine/plugins/purge_rounds.py)."""
-        if p.workers == 1:
-            self.children.append(Child("plugin", f"plugin-{p.type}-{p.name}", resolve_plugin(p.type),
-                                       (p, core, worker_rings[0], self._stats_path(f"plugin-{p.name}"))))
-            return
-        shared = os.path.join(self.runtime_dir, "purges")
-        os.makedirs(shared, mode=0o700, exist_ok=True)
+        shared: tuple = ()
+        if p.workers > 1:
+            shared = (os.path.join(self.runtime_dir, "purges"),)
+            os.makedirs(shared[0], mode=0o700, exist_ok=True)
         for k, rings in enumerate(worker_rings):
-            self.children.append(Child(
-                "plugin", f"plugin-{p.type}-{p.name}.w{k}", resolve_plugin(p.type),
-                (dataclasses.replace(p, worker=k), core, rings, self._stats_path(f"plugin-{p.name}.w{k}"), shared)))
+            worker = dataclasses.replace(p, worker=k)
+            self.children.append(Child("plugin", f"plugin-{p.type}-{worker.label}", resolve_plugin(p.type),
+                                       (worker, core, rings, self._stats_path(f"plugin-{worker.label}"), *shared)))
 
     def _stats_path(self, name: str) -> str:
         return os.path.join(self.runtime_dir, "stats", f"{name}.json")

@@ -20,6 +20,11 @@ class Listener:
     renormalize: bool = False       # nfacctd_renormalize / sfacctd_renormalize
 
 
+def worker_label(plugin: str, worker: int, workers: int) -> str:
+    """How logs, stats and child names call one process of a plugin: its name, or NAME.wK (plugin_workers)."""
+    return plugin if workers <= 1 else f"{plugin}.w{worker}"
+
+
 @dataclass
 class PluginConfig:
     name: str                       # the name in `plugins: print[name]` ("default" when unnamed)
@@ -56,6 +61,10 @@ class PluginConfig:
     networks_cache_entries: Optional[int] = None   # networks_cache_entries: accepted, no cache needed
     workers: int = 1                       # plugin_workers: aggregating processes, each owns a hash share of the keys
     worker: int = 0                        # which of them this process is (set by the supervisor, not a key)
+
+    @property
+    def label(self) -> str:
+        return worker_label(self.name, self.worker, self.workers)
 
 
 @dataclass

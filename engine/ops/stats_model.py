@@ -27,6 +27,8 @@ import os
 import time
 from typing import Optional
 
+from ..config.tree import worker_label
+
 EXPORTER_COUNTERS = ("packets", "bytes", "flows", "seq_gaps", "decode_errors", "no_template_sets", "pending_sets",
                      "pending_expired_sets", "templates", "options_records", "samples", "counter_samples",
                      "unknown_samples", "unknown_records", "frame_bytes")
@@ -75,11 +77,6 @@ def _int(d: dict, key: str) -> int:
 
 def _add(into: dict, key: str, value: int) -> None:
     into[key] = into.get(key, 0) + value
-
-
-def worker_label(plugin: str, worker: int, workers: int) -> str:
-    """How the model names one process of a plugin: the plugin's name, or NAME.wK with plugin_workers > 1."""
-    return plugin if workers <= 1 else f"{plugin}.w{worker}"
 
 
 def build_model(files: dict[str, dict], runtime_dir: Optional[str] = None) -> dict:

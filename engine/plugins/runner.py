@@ -179,7 +179,7 @@ def plugin_main(plugin: PluginConfig, core: CoreConfig, ring_names: list[str],
     """Entry point of a plugin process (started with multiprocessing 'spawn').  With plugin_workers > 1 this is
     worker plugin.worker of plugin.workers; shared_dir holds what the workers' writers share (PurgeRounds)."""
     from ..ipc.ring import Ring
-    label = plugin.name if plugin.workers == 1 else f"{plugin.name}.w{plugin.worker}"
+    label = plugin.label
     log = logging.getLogger(f"pmengine.plugin.{label}")
     rings = [Ring.attach(name) for name in ring_names]
     loop = PluginLoop(plugin, core, rings, stats_path, log=log)
