@@ -7,19 +7,23 @@ bin), viewed as 64-bit words and hashed to 64 bits (a multiply-add of the words
 plus a finaliser, _hash_words).
 
 Groups live in a hash table (keytable.KeyTable: one probe per record, counters
-added with ufunc.at) while there are at most HASH_TABLE_MAX_ROWS of them; beyond
-that (a table that no longer fits the CPU caches) they spill into partials of
-(key words, counters, hashes), merged when they outgrow the table (amortised
-O(n log n)) by fold(): one in-place sort of the hashes with the row number
-packed into their low bits (numpy's SIMD sort; no argsort), a check that rows
-with equal hash bits hold identical keys (else those runs are regrouped
-exactly by their words), then the first row of every group is kept in place
-(a boolean compress, no random gather of keys) and the group's other rows are
-added into it.  Rows stay in the order their keys first arrived.  Keys whose
-hash belongs to another key in the hash table are set aside and grouped
-exactly at the purge.  Counters are exact uint64.
+added with ufunc.at) while there are at most HASH_TABLE_MAX_ROWS of them;
+beyond that (a table that no longer fits the CPU caches) they move to a spill
+buffer (spill_buffer.SpillBuffer): batches of (key words, counters, hashes),
+folded on arrival while that shrinks them, are appended after the groups, and
+when they outgrow the groups (at least COMPACT_MIN_ROWS) everything is folded
+in place (grouping.fold_in_place, amortised O(n log n)): one in-place sort of
+the hashes with the row number packed into their low bits (numpy's SIMD sort;
+no argsort), a check that rows with equal hash bits hold identical keys (else
+those runs are regrouped exactly by their words), then every group's other
+rows are added into its first row and the first rows move to the front.  Rows
+stay in the order their keys first arrived.  Keys whose hash belongs to
+another key in the hash table are set aside and grouped exactly at the purge.
+Counters are exact uint64.
 
-Memory: the table is capped at `max_rows` groups (default: what fits in
+Memory: the spill buffer holds (key bytes + 8 x counters + 8) per row, at
+most twice as many rows as groups, and a fold ~17 bytes a row more.  The
+table is capped at `max_rows` groups (default: what fits in
 DEFAULT_TABLE_BYTES); when the cap is reached `Aggregator.full` turns true and
 the runner purges early, as nfacctd does when its cache fills up.
 """
@@ -33,7 +37,9 @@ import numpy as np
 
 from ..config.tree import CoreConfig, PluginConfig
 from ..schema import FIELD_BY_NAME, PRIMITIVES, RECORD_DTYPE
+from .grouping import fold, sorted_groups
 from .keytable import EMPTY, KeyTable
+from .spill_buffer import SpillBuffer
 from .timebins import US, TimeBins
 
 COUNTER_PRIMITIVES = ("flows",)        # `aggregate: flows` adds the FLOWS counter, it is not a key
@@ -43,7 +49,7 @@ ADDRESS_PRIMITIVES = ("src_host", "dst_host", "src_net", "dst_net", "peer_dst_ip
 TIME_COLUMNS = ("ts_start", "ts_end", "ts_arrival")     # truncated to seconds with timestamps_secs
 STAMP = "_stamp"
 DEFAULT_TABLE_BYTES = 512 * 1024 * 1024
-COMPACT_MIN_ROWS = 1 << 20
+COMPACT_MIN_ROWS = 1 << 20            # the spill buffer is folded when its unfolded rows reach this many
 REDUCE_BATCH_RATIO = 0.7                # keep grouping batches on arrival while they shrink below this
 HASH_TABLE_MAX_ROWS = 1 << 16           # beyond: sorted partials (a bigger hash table misses the caches)
 HASH_TABLE_MIN_ROWS = 1 << 14           # a new hash table's room (rows), without a hint from the last purge
@@ -204,92 +210,6 @@ def key_words(keys: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(keys).view(np.uint64).reshape(len(keys), keys.dtype.itemsize // 8)
 
 
-def sorted_groups(words: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(order, breaks, collided): a permutation putting equal keys together (each group's rows in their
-    original order), True where a group starts in that order, and whether equal hashes held different keys.
-
-    One in-place sort of the hashes with the row number in their low bits (numpy's SIMD sort, ~4x faster
-    than argsort); runs of equal hash bits are checked row against row, and a run holding different keys
-    is regrouped exactly by its words."""
-    n = len(h)
-    bits = max(1, (n - 1).bit_length())
-    low = np.uint64((1 << bits) - 1)
-    packed = h & ~low
-    packed |= np.arange(n, dtype=np.uint64)
-    packed.sort()
-    order = (packed & low).astype(np.intp)
-    packed >>= np.uint64(bits)
-    brk = np.empty(n, dtype=bool)
-    brk[:1] = True
-    np.not_equal(packed[1:], packed[:-1], out=brk[1:])
-    same = np.flatnonzero(~brk)                     # sorted positions whose hash bits equal the previous one
-    if len(same) == 0:
-        return order, brk, False
-    differ = _rows_differ(words, order.take(same), order.take(same - 1))
-    if not differ.any():
-        return order, brk, False
-    _regroup_runs(words, order, brk, same[differ])
-    return order, brk, True
-
-
-def _rows_differ(words: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Whether rows a[i] and b[i] of words differ."""
-    diff = words.take(a, axis=0)
-    diff ^= words.take(b, axis=0)
-    acc = diff[:, 0].copy()
-    for j in range(1, diff.shape[1]):
-        acc |= diff[:, j]
-    return acc != 0
-
-
-def _regroup_runs(words: np.ndarray, order: np.ndarray, brk: np.ndarray, bad: np.ndarray) -> None:
-    """Slow path, in place: the runs of equal hash bits holding `bad` positions (keys unlike the previous
-    row) are sorted by their key words (stable) and broken where the words change."""
-    starts = np.flatnonzero(brk)
-    runs = np.unique(np.searchsorted(starts, bad, side="right") - 1)
-    lo, sizes = starts[runs], np.diff(np.append(starts, len(brk)))[runs]
-    run = np.repeat(np.arange(len(runs)), sizes)
-    pos = np.arange(len(run)) + np.repeat(lo - (np.cumsum(sizes) - sizes), sizes)     # the runs' positions
-    rows = order[pos]
-    sub = words.take(rows, axis=0)
-    perm = np.lexsort(tuple(sub.T[::-1]) + (run,))
-    order[pos] = rows[perm]
-    sub = sub[perm]
-    new = np.ones(len(pos), dtype=bool)
-    new[1:] = (run[1:] != run[:-1]) | np.any(sub[1:] != sub[:-1], axis=1)
-    brk[pos] = new
-
-
-def fold(words: np.ndarray, counts: np.ndarray, h: np.ndarray
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    """Group equal keys: (words, counts, hashes) of one row per group, in the order the keys first
-    appear, and whether equal hashes held different keys.
-
-    words (n, w) uint64, counts (k, n) uint64 (rows 0-2 packets, bytes, flows summed; a 4th, tcp flags,
-    OR-ed), h (n,) hashes.  The first row of each group stays where it is (boolean compress: sequential);
-    only the other rows of a group are gathered and added into it."""
-    n = len(h)
-    if n <= 1:
-        return words, counts, h, False
-    words = np.ascontiguousarray(words)
-    order, brk, collided = sorted_groups(words, h)
-    if brk.all():                                   # all keys distinct
-        return words, counts, h, collided
-    starts = np.flatnonzero(brk)
-    keep = np.zeros(n, dtype=bool)
-    keep[order.take(starts)] = True                 # each group's first row
-    rest = np.flatnonzero(~brk)                     # sorted positions of the other rows
-    first_of_rest = order.take(starts.take(np.cumsum(brk).take(rest) - 1))
-    target = (np.cumsum(keep) - 1).take(first_of_rest)     # their group's row in the output
-    src = order.take(rest)
-    out_counts = np.empty((counts.shape[0], len(starts)), dtype=np.uint64)
-    for i in range(counts.shape[0]):
-        out_counts[i] = counts[i].compress(keep)
-        (np.add if i < 3 else np.bitwise_or).at(out_counts[i], target, counts[i].take(src))
-    out_words = words.view(f"V{words.shape[1] * 8}").reshape(n).compress(keep)   # one item per row: faster
-    return out_words.view(np.uint64).reshape(len(starts), words.shape[1]), out_counts, h.compress(keep), collided
-
-
 def group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     """(order, starts, collided): a permutation putting equal keys together, and where each group starts."""
     n = len(keys)
@@ -351,8 +271,8 @@ class Aggregator:
 
     Two ways to keep the groups, chosen by how many there are: up to HASH_TABLE_MAX_ROWS a hash
     table (keytable.KeyTable: one lookup per record, no sorting; fast while it fits in the CPU caches);
-    beyond it the table spills into partials (key words, counters, hashes): each batch is kept (folded on
-    arrival while that shrinks it) and the partials are folded together when they outgrow the table
+    beyond it a spill buffer (spill_buffer.SpillBuffer): each batch is appended (folded on arrival while
+    that shrinks it) and the buffer is folded in place when the appended rows outgrow its groups
     (amortised O(n log n), sequential memory access).  The next interval starts in the mode the last
     one ended in.
     """
@@ -372,26 +292,36 @@ class Aggregator:
 
     def _clear(self) -> None:
         hashed = self._last_rows <= HASH_TABLE_MAX_ROWS
-        width = self.spec.dtype.itemsize // 8
         room = max(self._last_rows, HASH_TABLE_MIN_ROWS)
         self._table = KeyTable(self.spec.dtype, self.spec.counters, room) if hashed else None
-        self._words = np.zeros((0, width), dtype=np.uint64)        # sorted mode: the folded groups
-        self._counts = np.zeros((self.spec.counters, 0), dtype=np.uint64)
-        self._hashes = np.zeros(0, dtype=np.uint64)
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []    # partials (and collided rows)
-        self._pending_rows = 0
-        self._pending_reduced = True    # every pending partial is folded already
+        self._buffer: Optional[SpillBuffer] = None     # groups past the table (and rows it set aside)
 
     @property
     def rows(self) -> int:
-        """Groups in the table plus not yet merged partial groups (an upper bound of the groups)."""
-        table = len(self._table) if self._table is not None else len(self._words)
-        return table + self._pending_rows
+        """Groups in the table plus rows in the spill buffer (an upper bound of the groups)."""
+        table = len(self._table) if self._table is not None else 0
+        return table + (len(self._buffer) if self._buffer is not None else 0)
 
     @property
     def full(self) -> bool:
         """The table reached max_rows groups: time for an early purge."""
-        return (len(self._table) if self._table is not None else len(self._words)) >= self.max_rows
+        return self._groups >= self.max_rows
+
+    @property
+    def _groups(self) -> int:
+        if self._table is not None:
+            return len(self._table)
+        return self._buffer.folded if self._buffer is not None else 0
+
+    @property
+    def buffer(self) -> SpillBuffer:
+        """The spill buffer, mapped on first use: room for the most rows the aggregator holds (max_rows
+        groups, as many appended rows before a fold, a chunk)."""
+        if self._buffer is None:
+            width = self.spec.dtype.itemsize // 8
+            room = 2 * max(self.max_rows, COMPACT_MIN_ROWS) + 2 * ADD_CHUNK
+            self._buffer = SpillBuffer(width, self.spec.counters, room)
+        return self._buffer
 
     def add(self, records: np.ndarray, now_s: Optional[float] = None) -> None:
         """Aggregate a batch of RECORD_DTYPE records."""
@@ -433,20 +363,21 @@ class Aggregator:
             self.collisions += 1
             side_counts = np.array([column[collided] for column in columns], dtype=np.uint64)
             side = fold(words[collided], side_counts, h[collided])[:3]
-            self._pending.append(side)
-            self._pending_rows += len(side[0])
+            self.buffer.append(*side)
             ok = ~collided
             ids, columns = ids[ok], [column[ok] for column in columns]
         self._table.accumulate(ids, columns)
 
     def _spill(self) -> None:
-        """Too many groups for the hash table: continue with sorted partials."""
-        keys, counts = self._table.rows()
-        hashes = self._table.hashes[:len(keys)].copy()
-        self._table = None
-        self._pending.append((key_words(keys), counts.copy(), hashes))
-        self._pending_rows += len(keys)
+        """Too many groups for the hash table: continue with the spill buffer."""
+        self._table_to_buffer()
         self._compact()
+
+    def _table_to_buffer(self) -> None:
+        """The hash table's groups into the spill buffer (grouped exactly with any collided rows set aside)."""
+        keys, counts = self._table.rows()
+        self.buffer.append(key_words(keys), counts, self._table.hashes[:len(keys)])
+        self._table = None
 
     def _add_sorted(self, words: np.ndarray, counts: np.ndarray, h: np.ndarray) -> None:
         n = len(words)
@@ -456,39 +387,28 @@ class Aggregator:
             # high cardinality: per-batch folding saves nothing, leave it to the merge
             self._reduce_batches = len(words) < REDUCE_BATCH_RATIO * n
         else:
-            self._pending_reduced = False
             self._skipped_batches += 1
             if self._skipped_batches % 64 == 0:     # look again now and then
                 self._reduce_batches = True
-        self._pending.append((words, counts, h))
-        self._pending_rows += len(words)
-        if self._pending_rows >= max(COMPACT_MIN_ROWS, len(self._words)):
+        self.buffer.append(words, counts, h)
+        if self.buffer.pending >= max(COMPACT_MIN_ROWS, self.buffer.folded):
             self._compact()
 
     def _compact(self) -> None:
-        if not self._pending:
-            return
-        if len(self._words) == 0 and len(self._pending) == 1 and self._pending_reduced:    # already folded
-            (self._words, self._counts, self._hashes), self._pending, self._pending_rows = self._pending[0], [], 0
-            return
-        words = np.concatenate([self._words] + [w for w, _, _ in self._pending])
-        counts = np.concatenate([self._counts] + [c for _, c, _ in self._pending], axis=1)
-        hashes = np.concatenate([self._hashes] + [h for _, _, h in self._pending])
-        self._pending, self._pending_rows, self._pending_reduced = [], 0, True
-        self._words, self._counts, self._hashes, collided = fold(words, counts, hashes)
-        self.collisions += collided
+        if self._buffer is not None:
+            self.collisions += self._buffer.compact()
 
     def purge(self, now_us: Optional[int] = None) -> AggregatedRows:
         """Everything accumulated, one row per group; the table is emptied."""
         now_us = int(time.time() * US) if now_us is None else int(now_us)
-        if self._table is not None:
+        if self._table is not None and self._buffer is None:   # the table's rows as they are
             keys, counts = self._table.rows()
-            self._words, self._counts = key_words(keys), counts
-            self._hashes = self._table.hashes[:len(keys)]
-            self._pending_reduced = False       # collided rows: grouped with the table, exactly
-        self._compact()
-        keys = np.ascontiguousarray(self._words).view(self.spec.dtype).reshape(len(self._words))
-        counts = self._counts
+        else:
+            if self._table is not None:         # collided rows set aside: grouped with the table, exactly
+                self._table_to_buffer()
+            self._compact()
+            keys = self._buffer.words.view(self.spec.dtype).reshape(len(self._buffer))
+            counts = self._buffer.counts
         self._last_rows = len(keys)
         self._clear()
         stamps = keys[STAMP].copy() if self.spec.history else None

@@ -1,0 +1,146 @@
+"""Exact grouping of rows of key words by their 64-bit hashes, vectorised.
+
+sorted_groups() orders rows so equal keys are adjacent: one in-place sort of the
+hashes with the row number packed into their low bits (numpy's SIMD sort; no
+argsort), then a check that rows with equal hash bits hold identical keys (else
+those runs are regrouped exactly by their words).  fold() keeps one row per
+group in first-arrival order (a boolean compress, no random gather of keys);
+fold_in_place() does the same inside the arrays it is given (the aggregator's
+spill buffer), with no copy of them.  Counters are exact uint64:
+rows 0-2 (packets, bytes, flows) are summed, a 4th (tcp flags) is OR-ed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def sorted_groups(words: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(order, breaks, collided): a permutation putting equal keys together (each group's rows in their
+    original order), True where a group starts in that order, and whether equal hashes held different keys.
+
+    One in-place sort of the hashes with the row number in their low bits (numpy's SIMD sort, ~4x faster
+    than argsort); runs of equal hash bits are checked row against row, and a run holding different keys
+    is regrouped exactly by its words."""
+    n = len(h)
+    bits = max(1, (n - 1).bit_length())
+    low = np.uint64((1 << bits) - 1)
+    packed = h & ~low
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    order = (packed & low).astype(np.intp)
+    packed >>= np.uint64(bits)
+    brk = np.empty(n, dtype=bool)
+    brk[:1] = True
+    np.not_equal(packed[1:], packed[:-1], out=brk[1:])
+    same = np.flatnonzero(~brk)                     # sorted positions whose hash bits equal the previous one
+    if len(same) == 0:
+        return order, brk, False
+    differ = _rows_differ(words, order.take(same), order.take(same - 1))
+    if not differ.any():
+        return order, brk, False
+    _regroup_runs(words, order, brk, same[differ])
+    return order, brk, True
+
+
+def _rows_differ(words: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether rows a[i] and b[i] of words differ."""
+    diff = words.take(a, axis=0)
+    diff ^= words.take(b, axis=0)
+    acc = diff[:, 0].copy()
+    for j in range(1, diff.shape[1]):
+        acc |= diff[:, j]
+    return acc != 0
+
+
+def _regroup_runs(words: np.ndarray, order: np.ndarray, brk: np.ndarray, bad: np.ndarray) -> None:
+    """Slow path, in place: the runs of equal hash bits holding `bad` positions (keys unlike the previous
+    row) are sorted by their key words (stable) and broken where the words change."""
+    starts = np.flatnonzero(brk)
+    runs = np.unique(np.searchsorted(starts, bad, side="right") - 1)
+    lo, sizes = starts[runs], np.diff(np.append(starts, len(brk)))[runs]
+    run = np.repeat(np.arange(len(runs)), sizes)
+    pos = np.arange(len(run)) + np.repeat(lo - (np.cumsum(sizes) - sizes), sizes)     # the runs' positions
+    rows = order[pos]
+    sub = words.take(rows, axis=0)
+    perm = np.lexsort(tuple(sub.T[::-1]) + (run,))
+    order[pos] = rows[perm]
+    sub = sub[perm]
+    new = np.ones(len(pos), dtype=bool)
+    new[1:] = (run[1:] != run[:-1]) | np.any(sub[1:] != sub[:-1], axis=1)
+    brk[pos] = new
+
+
+def fold(words: np.ndarray, counts: np.ndarray, h: np.ndarray
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Group equal keys: (words, counts, hashes) of one row per group, in the order the keys first
+    appear, and whether equal hashes held different keys.
+
+    words (n, w) uint64, counts (k, n) uint64 (rows 0-2 packets, bytes, flows summed; a 4th, tcp flags,
+    OR-ed), h (n,) hashes.  The first row of each group stays where it is (boolean compress: sequential);
+    only the other rows of a group are gathered and added into it."""
+    n = len(h)
+    if n <= 1:
+        return words, counts, h, False
+    words = np.ascontiguousarray(words)
+    order, brk, collided = sorted_groups(words, h)
+    if brk.all():                                   # all keys distinct
+        return words, counts, h, collided
+    starts = np.flatnonzero(brk)
+    keep = np.zeros(n, dtype=bool)
+    keep[order.take(starts)] = True                 # each group's first row
+    rest = np.flatnonzero(~brk)                     # sorted positions of the other rows
+    first_of_rest = order.take(starts.take(np.cumsum(brk).take(rest) - 1))
+    target = (np.cumsum(keep) - 1).take(first_of_rest)     # their group's row in the output
+    src = order.take(rest)
+    out_counts = np.empty((counts.shape[0], len(starts)), dtype=np.uint64)
+    for i in range(counts.shape[0]):
+        out_counts[i] = counts[i].compress(keep)
+        (np.add if i < 3 else np.bitwise_or).at(out_counts[i], target, counts[i].take(src))
+    out_words = words.view(f"V{words.shape[1] * 8}").reshape(n).compress(keep)   # one item per row: faster
+    return out_words.view(np.uint64).reshape(len(starts), words.shape[1]), out_counts, h.compress(keep), collided
+
+
+
+
+
+def fold_in_place(words: np.ndarray, counts: np.ndarray, h: np.ndarray) -> tuple[int, bool]:
+    """fold() without the copies: each group's other rows are added into its first row, then the first
+    rows are moved to the front of words (n, w), counts (k, n) and h (n,), in arrival order.  Returns
+    (groups, collided); the arrays' first `groups` rows are the result.  Extra memory: the sort's ~17
+    bytes a row and one chunk of rows."""
+    n = len(h)
+    if n <= 1:
+        return n, False
+    order, brk, collided = sorted_groups(words, h)
+    if brk.all():                                   # all keys distinct
+        return n, collided
+    starts = np.flatnonzero(brk)
+    rest = np.flatnonzero(~brk)                     # sorted positions of the groups' other rows
+    target = order.take(starts.take(np.cumsum(brk).take(rest) - 1))     # their group's first row
+    src = order.take(rest)
+    keep = np.zeros(n, dtype=bool)
+    keep[order.take(starts)] = True
+    del order, brk, starts, rest
+    for i in range(counts.shape[0]):
+        (np.add if i < 3 else np.bitwise_or).at(counts[i], target, counts[i].take(src))
+    del target, src
+    width = words.shape[1]
+    groups = compress_in_place(words.view(f"V{width * 8}").reshape(n), keep)
+    for i in range(counts.shape[0]):
+        compress_in_place(counts[i], keep)
+    compress_in_place(h, keep)
+    return groups, collided
+
+
+COMPRESS_CHUNK = 1 << 16
+
+
+def compress_in_place(a: np.ndarray, keep: np.ndarray) -> int:
+    """Move the kept items of a 1-D array to its front, in order, one chunk's copy at a time (a kept
+    item never moves past an unread one); returns how many were kept."""
+    out = 0
+    for start in range(0, len(a), COMPRESS_CHUNK):
+        kept = a[start:start + COMPRESS_CHUNK].compress(keep[start:start + COMPRESS_CHUNK])
+        a[out:out + len(kept)] = kept
+        out += len(kept)
+    return out
