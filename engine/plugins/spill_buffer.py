@@ -15,9 +15,9 @@ import mmap
 
 import numpy as np
 
+from ..proc import anonymous_map
 from .grouping import fold_in_place
 
-MAP_NORESERVE = 0x4000                  # Linux: reserve address space, not swap (pages come when written)
 PAGE = mmap.PAGESIZE
 
 
@@ -31,8 +31,8 @@ class SpillBuffer:
         self._map(width, counters, max(1, capacity))
 
     def _map(self, width: int, counters: int, capacity: int) -> None:
-        self._maps = [_anonymous(capacity * width * 8), _anonymous(counters * capacity * 8),
-                      _anonymous(capacity * 8)]
+        self._maps = [anonymous_map(capacity * width * 8), anonymous_map(counters * capacity * 8),
+                      anonymous_map(capacity * 8)]
         self._words = np.frombuffer(self._maps[0], np.uint64, capacity * width).reshape(capacity, width)
         self._counts = np.frombuffer(self._maps[1], np.uint64, counters * capacity).reshape(counters, capacity)
         self._hashes = np.frombuffer(self._maps[2], np.uint64, capacity)
@@ -89,7 +89,3 @@ class SpillBuffer:
         words, counts, hashes = self.words.copy(), self.counts.copy(), self._hashes[:self.count].copy()
         self._map(words.shape[1], len(counts), max(rows, 2 * len(self._hashes)))
         self._words[:self.count], self._counts[:, :self.count], self._hashes[:self.count] = words, counts, hashes
-
-
-def _anonymous(size: int) -> mmap.mmap:
-    return mmap.mmap(-1, max(size, PAGE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE)

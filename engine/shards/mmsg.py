@@ -24,6 +24,7 @@ import socket
 import struct
 import numpy as np
 
+from ..proc import anonymous_map
 from ..schema import IPV4_MAPPED_PREFIX
 
 MSG_DONTWAIT = 0x40
@@ -70,7 +71,9 @@ class MmsgReceiver:
             raise OSError(errno.ENOSYS, "recvmmsg is not available")
         self.sock, self.count = sock, count
         slot_bytes = SLOT_BYTES
-        self.buf = np.zeros(count * slot_bytes, dtype=np.uint8)     # calloc: pages are touched only when used
+        # only the 4 KiB pages datagrams are written to become memory (huge pages off: with them one datagram
+        # per 64 KiB slot made the whole buffer resident, 64 MiB a shard)
+        self.buf = np.frombuffer(anonymous_map(count * slot_bytes, huge_pages=False), dtype=np.uint8)
         self.names = np.zeros((count, NAME_BYTES), dtype=np.uint8)
         self.iov = np.zeros(count, dtype=IOVEC)
         self.hdr = np.zeros(count, dtype=MMSGHDR)
