@@ -21,8 +21,9 @@ stay in the order their keys first arrived.  Keys whose hash belongs to
 another key in the hash table are set aside and grouped exactly at the purge.
 Counters are exact uint64.
 
-Memory: the spill buffer holds (key bytes + 8 x counters + 8) per row, at
-most twice as many rows as groups, and a fold ~17 bytes a row more.  The
+Memory: the spill buffer holds (key bytes + 8 x counters + 8) per row, for
+up to twice as many rows as groups (at least COMPACT_MIN_ROWS more), and a
+fold needs ~17 bytes a row more.  The
 table is capped at `max_rows` groups (default: what fits in
 DEFAULT_TABLE_BYTES); when the cap is reached `Aggregator.full` turns true and
 the runner purges early, as nfacctd does when its cache fills up.
@@ -51,7 +52,7 @@ STAMP = "_stamp"
 DEFAULT_TABLE_BYTES = 512 * 1024 * 1024
 COMPACT_MIN_ROWS = 1 << 20            # the spill buffer is folded when its unfolded rows reach this many
 REDUCE_BATCH_RATIO = 0.7                # keep grouping batches on arrival while they shrink below this
-HASH_TABLE_MAX_ROWS = 1 << 16           # beyond: sorted partials (a bigger hash table misses the caches)
+HASH_TABLE_MAX_ROWS = 1 << 16           # beyond: the spill buffer (a bigger hash table misses the caches)
 HASH_TABLE_MIN_ROWS = 1 << 14           # a new hash table's room (rows), without a hint from the last purge
 SPILL_NEW_SHARE = 0.5                   # a full table spills early when a batch brings this share of new keys
 ADD_CHUNK = 1 << 14                     # records aggregated per step: 4 MiB of records, intermediates in cache

@@ -11,6 +11,8 @@ rows 0-2 (packets, bytes, flows) are summed, a 4th (tcp flags) is OR-ed.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 
@@ -82,25 +84,16 @@ def fold(words: np.ndarray, counts: np.ndarray, h: np.ndarray
     if n <= 1:
         return words, counts, h, False
     words = np.ascontiguousarray(words)
-    order, brk, collided = sorted_groups(words, h)
-    if brk.all():                                   # all keys distinct
+    keep, into, src, collided = _merges(words, h)
+    if keep is None:                                # all keys distinct
         return words, counts, h, collided
-    starts = np.flatnonzero(brk)
-    keep = np.zeros(n, dtype=bool)
-    keep[order.take(starts)] = True                 # each group's first row
-    rest = np.flatnonzero(~brk)                     # sorted positions of the other rows
-    first_of_rest = order.take(starts.take(np.cumsum(brk).take(rest) - 1))
-    target = (np.cumsum(keep) - 1).take(first_of_rest)     # their group's row in the output
-    src = order.take(rest)
-    out_counts = np.empty((counts.shape[0], len(starts)), dtype=np.uint64)
+    target = (np.cumsum(keep) - 1).take(into)       # the output row of each merged row's group
+    out_counts = np.empty((counts.shape[0], int(np.count_nonzero(keep))), dtype=np.uint64)
     for i in range(counts.shape[0]):
         out_counts[i] = counts[i].compress(keep)
         (np.add if i < 3 else np.bitwise_or).at(out_counts[i], target, counts[i].take(src))
     out_words = words.view(f"V{words.shape[1] * 8}").reshape(n).compress(keep)   # one item per row: faster
-    return out_words.view(np.uint64).reshape(len(starts), words.shape[1]), out_counts, h.compress(keep), collided
-
-
-
+    return out_words.view(np.uint64).reshape(len(out_words), words.shape[1]), out_counts, h.compress(keep), collided
 
 
 def fold_in_place(words: np.ndarray, counts: np.ndarray, h: np.ndarray) -> tuple[int, bool]:
@@ -111,25 +104,33 @@ def fold_in_place(words: np.ndarray, counts: np.ndarray, h: np.ndarray) -> tuple
     n = len(h)
     if n <= 1:
         return n, False
-    order, brk, collided = sorted_groups(words, h)
-    if brk.all():                                   # all keys distinct
+    keep, into, src, collided = _merges(words, h)
+    if keep is None:                                # all keys distinct
         return n, collided
-    starts = np.flatnonzero(brk)
-    rest = np.flatnonzero(~brk)                     # sorted positions of the groups' other rows
-    target = order.take(starts.take(np.cumsum(brk).take(rest) - 1))     # their group's first row
-    src = order.take(rest)
-    keep = np.zeros(n, dtype=bool)
-    keep[order.take(starts)] = True
-    del order, brk, starts, rest
     for i in range(counts.shape[0]):
-        (np.add if i < 3 else np.bitwise_or).at(counts[i], target, counts[i].take(src))
-    del target, src
+        (np.add if i < 3 else np.bitwise_or).at(counts[i], into, counts[i].take(src))
+    del into, src
     width = words.shape[1]
     groups = compress_in_place(words.view(f"V{width * 8}").reshape(n), keep)
     for i in range(counts.shape[0]):
         compress_in_place(counts[i], keep)
     compress_in_place(h, keep)
     return groups, collided
+
+
+def _merges(words: np.ndarray, h: np.ndarray
+            ) -> tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray], bool]:
+    """(keep, into, src, collided): True at each group's first row (arrival order); the groups' other rows
+    `src` and the first row `into` of each one's group.  keep is None when every key is distinct."""
+    order, brk, collided = sorted_groups(words, h)
+    if brk.all():
+        return None, None, None, collided
+    starts = np.flatnonzero(brk)
+    rest = np.flatnonzero(~brk)                     # sorted positions of the groups' other rows
+    into = order.take(starts.take(np.cumsum(brk).take(rest) - 1))
+    keep = np.zeros(len(h), dtype=bool)
+    keep[order.take(starts)] = True
+    return keep, into, order.take(rest), collided
 
 
 COMPRESS_CHUNK = 1 << 16
