@@ -287,7 +287,7 @@ class Aggregator:
         self.max_rows = max_rows or max(1024, DEFAULT_TABLE_BYTES // (self.spec.dtype.itemsize + 32))
         self.collisions = 0             # batches with keys whose hash belongs to another key (grouped exactly)
         self._last_rows = 0             # groups of the last purge: sizes the next table, picks the mode
-        self._reduce_batches = True     # sorted mode: fold each batch on arrival (off while batches barely shrink)
+        self._reduce_batches = True     # spill mode: fold each batch on arrival (off while batches barely shrink)
         self._skipped_batches = 0
         self._clear()
 
