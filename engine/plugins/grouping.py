@@ -16,6 +16,14 @@ from typing import Optional
 import numpy as np
 
 
+SUMMED_COUNTERS = 3          # counter rows 0-2 (packets, bytes, flows) are summed; row 3 (tcp flags) is OR-ed
+
+
+def counter_ufunc(row: int) -> np.ufunc:
+    """How counter row `row` of a group combines: np.add for packets, bytes, flows; np.bitwise_or for tcp flags."""
+    return np.add if row < SUMMED_COUNTERS else np.bitwise_or
+
+
 def sorted_groups(words: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     """(order, breaks, collided): a permutation putting equal keys together (each group's rows in their
     original order), True where a group starts in that order, and whether equal hashes held different keys.
@@ -91,7 +99,7 @@ def fold(words: np.ndarray, counts: np.ndarray, h: np.ndarray
     out_counts = np.empty((counts.shape[0], int(np.count_nonzero(keep))), dtype=np.uint64)
     for i in range(counts.shape[0]):
         out_counts[i] = counts[i].compress(keep)
-        (np.add if i < 3 else np.bitwise_or).at(out_counts[i], target, counts[i].take(src))
+        counter_ufunc(i).at(out_counts[i], target, counts[i].take(src))
     out_words = words.view(f"V{words.shape[1] * 8}").reshape(n).compress(keep)   # one item per row: faster
     return out_words.view(np.uint64).reshape(len(out_words), words.shape[1]), out_counts, h.compress(keep), collided
 
@@ -108,7 +116,7 @@ def fold_in_place(words: np.ndarray, counts: np.ndarray, h: np.ndarray) -> tuple
     if keep is None:                                # all keys distinct
         return n, collided
     for i in range(counts.shape[0]):
-        (np.add if i < 3 else np.bitwise_or).at(counts[i], into, counts[i].take(src))
+        counter_ufunc(i).at(counts[i], into, counts[i].take(src))
     del into, src
     width = words.shape[1]
     groups = compress_in_place(words.view(f"V{width * 8}").reshape(n), keep)

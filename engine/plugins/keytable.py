@@ -16,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from .grouping import counter_ufunc
+
 MIN_SLOTS = 1 << 10
 EMPTY = -1
 
@@ -161,7 +163,7 @@ class KeyTable:
     def accumulate(self, ids: np.ndarray, counts: list[np.ndarray]) -> None:
         """Add counters 0-2 (packets, bytes, flows) and OR counter 3 (tcp flags) into rows ids."""
         for i, values in enumerate(counts):
-            (np.add if i < 3 else np.bitwise_or).at(self.counts[i], ids, values)
+            counter_ufunc(i).at(self.counts[i], ids, values)
 
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys, counts) of the entries, insertion order (counts: a view into the table)."""

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from ..aggregate import AggregatedRows, KeySpec, build_keys, group, reduce
+from ..grouping import counter_ufunc
 from ...schema import RECORD_DTYPE
 
 MERGE_MIN_ROWS = 1 << 18            # pending partial rows that trigger a merge (at least)
@@ -91,8 +92,7 @@ class MemoryTable:
         first = order.take(starts)
         folded = np.empty((counts.shape[0], len(starts)), dtype=np.uint64)
         for i in range(counts.shape[0]):
-            fold = np.add if i < 3 else np.bitwise_or
-            folded[i] = fold.reduceat(counts[i].take(order), starts)
+            folded[i] = counter_ufunc(i).reduceat(counts[i].take(order), starts)
         keys = keys.take(first)
         if self.max_rows is not None and len(keys) > self.max_rows:
             is_old = np.minimum.reduceat(order, starts) < n_old        # the group holds a row of the table
