@@ -74,3 +74,21 @@ def test_rate_rises_at_once_and_falls_slowly():
     t += 1.0
     drain(clock, t, 2000, 2_600_000)               # back to 2000/s: one drain does not undo it
     assert clock.interval() < slow_wait / 2
+
+
+def test_the_kernels_charge_replaces_the_estimate():
+    rcvbuf = 8 << 20
+    per_s, size, kernel = 3000, 3500, 4352          # loopback charges a 3.5 KB datagram 4352 bytes
+    guessed, measured = GatherClock(rcvbuf), GatherClock(rcvbuf)
+    measured.charged(10 * kernel, 10)
+    steady(guessed, per_s, size)
+    steady(measured, per_s, size)
+    assert measured.charged_per_datagram == kernel
+    assert guessed.charged_per_datagram == pytest.approx(size * TRUESIZE_FACTOR + TRUESIZE_EXTRA)
+    limit = QUEUE_SHARE * rcvbuf / (HEADROOM * per_s * kernel)
+    assert SHORTEST_S < limit < TARGET_PACKETS / per_s
+    assert measured.interval() == pytest.approx(limit, rel=0.05)
+    assert measured.interval() > guessed.interval() * 1.5     # the guess errs high: it waited too little
+    measured.charged(0, 10)                                  # nothing read: the last figure stays
+    measured.charged(1000, 0)
+    assert measured.measured_per_datagram == kernel

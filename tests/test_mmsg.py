@@ -7,7 +7,7 @@ import pytest
 from engine.schema import IPV4_MAPPED_PREFIX
 from engine.shards import mmsg
 from engine.shards.receiver import MAX_PACKETS, UdpBatcher
-from engine.shards.sockets import set_rcvbuf
+from engine.shards.sockets import queued_bytes, set_rcvbuf
 
 pytestmark = pytest.mark.skipif(not mmsg.available(), reason="no recvmmsg in this libc")
 
@@ -150,3 +150,21 @@ def test_receive_buffer_is_kept_off_huge_pages():
     assert int(mapping["Size"].split()[0]) * 1024 >= MAX_PACKETS * mmsg.SLOT_BYTES
     assert "nh" in mapping["VmFlags"].split()                     # MADV_NOHUGEPAGE
     assert "hg" not in mapping["VmFlags"].split()
+
+
+def test_queued_bytes_is_what_the_kernel_charges_the_queue():
+    import time
+    rx = _bound(socket.AF_INET, "127.0.0.1")
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    assert queued_bytes(rx) == 0
+    for _ in range(20):
+        tx.sendto(b"x" * 3000, rx.getsockname())
+    deadline = time.monotonic() + 2.0
+    while queued_bytes(rx) < 20 * 3000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    charged = queued_bytes(rx)
+    assert 20 * 3000 <= charged <= 20 * 3 * 3000       # payload plus the kernel's overhead per datagram
+    batch = UdpBatcher(rx).receive()
+    assert batch is not None and len(batch) == 20
+    assert queued_bytes(rx) == 0
+    rx.close(), tx.close()

@@ -10,7 +10,10 @@ After a receive that drained the socket, the next one waits until about TARGET_P
 to be queued at the arrival rate measured over the last drains -- but never so long that traffic arriving at
 HEADROOM times that rate would fill more than QUEUE_SHARE of the socket's receive buffer (a burst must not
 become kernel drops), never longer than LONGEST_S (the shard declares the wait to the supervisor's hang watch
-with proc.busy), never shorter than SHORTEST_S.  The rate estimate rises at once and falls slowly.  At
+with proc.busy), never shorter than SHORTEST_S.  The rate estimate rises at once and falls slowly.  What a
+datagram costs the buffer is the kernel's own figure where the shard can read it (charged(): SO_MEMINFO's
+queued bytes before a receive that took them all -- on loopback a 3.5 KB sFlow datagram is charged 4352
+bytes, a 1464-byte v5 one 2304), else a payload-based guess that errs high (TRUESIZE_*).  At
 saturation receives come back full (MAX_PACKETS) and nobody waits.  With more shards each sees a share of the
 traffic and waits longer, so batch sizes -- and CPU per flow -- stay what one shard has.  Latency is
 irrelevant to a collector that purges every minute.
@@ -38,6 +41,7 @@ class GatherClock:
         self.payload_bytes = 0
         self.datagrams_per_s = 0.0
         self.charged_per_datagram = 0.0     # receive buffer bytes per datagram (truesize estimate)
+        self.measured_per_datagram = 0.0    # ... as the kernel charged it (charged()), 0: not known
 
     def received(self, datagrams: int, payload_bytes: int) -> None:
         self.datagrams += datagrams
@@ -50,9 +54,16 @@ class GatherClock:
             rate = datagrams / (now - self.last)
             old = self.datagrams_per_s
             self.datagrams_per_s = rate if rate >= old else old + FALL * (rate - old)
-            self.charged_per_datagram = self.payload_bytes * TRUESIZE_FACTOR / datagrams + TRUESIZE_EXTRA
+            self.charged_per_datagram = (self.measured_per_datagram
+                                         or self.payload_bytes * TRUESIZE_FACTOR / datagrams + TRUESIZE_EXTRA)
         self.last = now
         self.datagrams = self.payload_bytes = 0
+
+    def charged(self, queued_bytes: int, datagrams: int) -> None:
+        """The socket held queued_bytes of receive buffer (SO_MEMINFO) just before a receive that took all of
+        it: `datagrams` datagrams.  From the next drain on, that is what a datagram costs the buffer."""
+        if queued_bytes > 0 and datagrams > 0:
+            self.measured_per_datagram = queued_bytes / datagrams
 
     def interval(self) -> float:
         """Seconds between drained receives at the measured rate."""

@@ -31,7 +31,7 @@ from .gather import GatherClock
 from .mmsg import MmsgReceiver, available as mmsg_available
 from .partition import PartitionSpec, partitioners_for
 from .preaggregate import FoldSpec, folders_for
-from .sockets import AddressCache, kernel_drops, open_udp
+from .sockets import AddressCache, kernel_drops, open_udp, queued_bytes
 from .stats import ShardStats
 
 log = logging.getLogger("pmengine.shard")
@@ -280,12 +280,16 @@ def run_udp(shard: Shard, listener: Listener, sock: Optional[socket.socket] = No
                 if wait > 0:
                     busy(wait)                  # the hang watch counts from the end of the wait
                     wakeup.sleep(wait)
+                queued = queued_bytes(sock)     # what the gathered datagrams cost the buffer
                 while not shard.stopping:
                     started = time.monotonic()
                     batch = batcher.receive()
                     if batch is None:
                         gather.drained(started)
                         break
+                    if queued and len(batch) < MAX_PACKETS:     # one receive took them all
+                        gather.charged(queued, len(batch))
+                    queued = 0
                     took(len(batch))
                     shard.handle(batch)
                     done(len(batch))

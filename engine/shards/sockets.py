@@ -4,11 +4,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import struct
 
 from ..config.tree import Listener
 from ..schema import IPV4_MAPPED_PREFIX
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)         # Linux: u32 sk_meminfo[], rmem_alloc first
+SK_MEMINFO_BYTES = 9 * 4
 # Without nfacctd_pipe_size a shard asks for this much: the kernel default (~200 KB, ~90 datagrams) cannot
 # hold what arrives while a shard gathers a batch (gather.GatherClock) or decodes one at 100k+ datagrams/s.
 DEFAULT_RCVBUF = 32 << 20
@@ -46,6 +49,15 @@ def set_rcvbuf(sock: socket.socket, size: int) -> int:
     except OSError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def queued_bytes(sock: socket.socket) -> int:
+    """Bytes of receive buffer the socket's queued datagrams are charged (SO_MEMINFO's rmem_alloc: what the
+    kernel compares with SO_RCVBUF before it drops); 0 where the option is missing."""
+    try:
+        return struct.unpack_from("I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, SK_MEMINFO_BYTES))[0]
+    except OSError:
+        return 0
 
 
 def kernel_drops(sock: socket.socket) -> int:
