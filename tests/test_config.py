@@ -372,6 +372,8 @@ ERRORS = [
     ("plugins: print[a]\nplugin_pipe_size[a]: 1000\n", "plugin_pipe_size", 2, ["plugin_buffer_size"]),
     ("plugin_pipe_size: 4096000\n\nplugin_buffer_size: 8192000\n", "plugin_buffer_size", 3, ["must not exceed"]),
     ("config_file: /etc/x.conf\n", "config_file", 1, ["-f"]),
+    ("plugins: print[a], print[a.w1]\nplugin_workers[a]: 2\n", "plugin_workers", 2, ["'a.w1'", "rename"]),
+    ("plugins: print[x.w0], print[x]\n\nplugin_workers: 3\n", "plugin_workers", 3, ["'x.w0'", "rename"]),
     ("aggregate[: proto\n", None, 1, ["malformed key"]),
     ("print refresh time: 5\n", None, 1, ["malformed key"]),
     ("daemonize false\n", None, 1, ["missing ':'"]),

@@ -23,7 +23,7 @@ from engine.config.keys import (
     CONFIG_FILE_KEY, GLOBAL, KEY_TABLE, KEYS, PLUGIN_OPTIONS, PMACCT_KEYS, Key,
 )
 from engine.config.keys_sflow import NETFLOW_LISTENER_KEYS, SFLOW_LISTENER_KEYS
-from engine.config.tree import Config, CoreConfig, Listener, PluginConfig
+from engine.config.tree import Config, CoreConfig, Listener, PluginConfig, worker_label
 
 
 class ConfigError(Exception):
@@ -192,6 +192,7 @@ def build_config(settings: list[Setting], source: Optional[str] = None) -> Confi
     _check_sampling_map(core, chosen)
     for plugin in plugins:
         _check_plugin(plugin, chosen)
+    _check_labels(plugins, chosen)
     return Config(core=core, plugins=plugins, source=source)
 
 
@@ -231,6 +232,21 @@ def _check_plugin(plugin: PluginConfig, chosen: dict) -> None:
         setting = chosen[(plugin.name, "plugin_buffer_size")] or chosen[(plugin.name, "plugin_pipe_size")]
         raise setting.error(f"plugin '{plugin.name}': plugin_buffer_size ({plugin.buffer_size}) must not "
                             f"exceed plugin_pipe_size ({plugin.pipe_size})")
+
+
+def _check_labels(plugins: list[PluginConfig], chosen: dict) -> None:
+    """Every plugin process has its own label (logs, stats file, child name): a plugin named like another's
+    worker (`print[a.w1]` beside `print[a]` with plugin_workers 2) would share it."""
+    names = {p.name for p in plugins}
+    for plugin in plugins:
+        if plugin.workers <= 1:
+            continue
+        for k in range(plugin.workers):
+            label = worker_label(plugin.name, k, plugin.workers)
+            if label in names:
+                raise chosen[(plugin.name, "plugin_workers")].error(
+                    f"plugin '{plugin.name}': its worker {k} is called '{label}', which is also a plugin's "
+                    f"name: rename that plugin")
 
 
 def _read_file(path: str) -> str:
