@@ -126,6 +126,7 @@ AGGREGATES = [
 @pytest.mark.parametrize("batch", [7, 1000, 5000])
 def test_groups_equal_plain_python(aggregate, batch, monkeypatch):
     monkeypatch.setattr(aggmod, "COMPACT_MIN_ROWS", 64)            # force many merges
+    monkeypatch.setattr(aggmod, "COMPACT_SLACK_ROWS", 0)
     records = random_records(5000)
     cfg = PluginConfig(name="t", type="print", aggregate=aggregate)
     agg = Aggregator(cfg, CoreConfig())
@@ -160,6 +161,7 @@ def test_hash_table_spills_to_sorted_partials_and_back(monkeypatch, weak_hash):
     big starts sorted, one that ended small starts hashed again; groups stay exact throughout."""
     monkeypatch.setattr(aggmod, "HASH_TABLE_MAX_ROWS", 300)
     monkeypatch.setattr(aggmod, "COMPACT_MIN_ROWS", 500)
+    monkeypatch.setattr(aggmod, "COMPACT_SLACK_ROWS", 0)
     if weak_hash:                                   # many collisions inside the hash table too
         monkeypatch.setattr(aggmod, "_hash_words", lambda words: words[:, 0] & np.uint64(15))
     aggregate = ("src_host", "dst_host", "src_port", "tcpflags")
@@ -173,6 +175,41 @@ def test_hash_table_spills_to_sorted_partials_and_back(monkeypatch, weak_hash):
         assert ours(rows, aggregate) == reference(interval, aggregate)
         assert len(rows) == len(reference(interval, aggregate))
     assert agg.collisions > 0 or not weak_hash
+
+
+def test_a_due_fold_waits_for_its_moment_then_for_no_one(monkeypatch):
+    """Past the groups, the spill buffer's fold is due (compaction_due) but add() leaves it to
+    compact_if_due() -- the plugin loop's call once its rings are nearly empty -- until COMPACT_SLACK_ROWS more
+    rows have come; either way the groups are exact."""
+    monkeypatch.setattr(aggmod, "HASH_TABLE_MAX_ROWS", 100)
+    monkeypatch.setattr(aggmod, "COMPACT_MIN_ROWS", 400)
+    monkeypatch.setattr(aggmod, "COMPACT_SLACK_ROWS", 600)
+    aggregate = ("src_host", "dst_host", "src_port")
+    records = random_records(4000, seed=5)
+    agg = Aggregator(PluginConfig(name="t", type="print", aggregate=aggregate), CoreConfig())
+    seen_due = folded_by_add = 0
+    for i in range(0, 2500, 50):
+        before = agg._buffer.pending if agg._buffer is not None else 0
+        agg.add(records[i:i + 50])
+        buf = agg._buffer
+        if buf is None:
+            continue
+        assert buf.pending < max(400, buf.folded) + 600 + 50      # never past the slack (and one batch)
+        if agg.compaction_due:
+            seen_due += 1
+            assert buf.pending >= max(400, buf.folded)
+        if buf.pending < before:
+            folded_by_add += 1                          # the slack ran out: add() folded at once
+    assert seen_due and folded_by_add
+    i = 2500
+    while not agg.compaction_due:                       # due again: now the loop's call folds it
+        agg.add(records[i:i + 50])
+        i += 50
+    assert agg.compact_if_due() is True
+    assert agg._buffer.pending == 0 and not agg.compaction_due
+    assert agg.compact_if_due() is False                # nothing due: nothing done
+    rows = agg.purge()
+    assert ours(rows, aggregate) == {k: v[:3] + [0] for k, v in reference(records[:i], aggregate).items()}
 
 
 def _fold_reference(words: np.ndarray, counts: np.ndarray) -> tuple[list, dict]:

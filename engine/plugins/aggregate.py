@@ -19,7 +19,11 @@ those runs are regrouped exactly by their words), then every group's other
 rows are added into its first row and the first rows move to the front.  Rows
 stay in the order their keys first arrived.  Keys whose hash belongs to
 another key in the hash table are set aside and grouped exactly at the purge.
-Counters are exact uint64.
+Counters are exact uint64.  A fold of a million groups stalls the plugin for
+~0.1 s (more on a busy box) while the shards keep writing its rings, so once
+a fold is due (`compaction_due`) the plugin loop runs it when its rings are
+nearly empty (`compact_if_due`): the stall then has a whole ring of headroom.
+Past COMPACT_SLACK_ROWS more rows add() folds at once whatever the rings hold.
 
 Memory: the spill buffer holds (key bytes + 8 x counters + 8) per row, for
 up to twice as many rows as groups (at least COMPACT_MIN_ROWS more), and a
@@ -51,6 +55,7 @@ TIME_COLUMNS = ("ts_start", "ts_end", "ts_arrival")     # truncated to seconds w
 STAMP = "_stamp"
 DEFAULT_TABLE_BYTES = 512 * 1024 * 1024
 COMPACT_MIN_ROWS = 1 << 20            # the spill buffer is folded when its unfolded rows reach this many
+COMPACT_SLACK_ROWS = 1 << 18            # ... a due fold waits at most this many rows more for the rings to empty
 REDUCE_BATCH_RATIO = 0.7                # keep grouping batches on arrival while they shrink below this
 HASH_TABLE_MAX_ROWS = 1 << 16           # beyond: the spill buffer (a bigger hash table misses the caches)
 HASH_TABLE_MIN_ROWS = 1 << 14           # a new hash table's room (rows), without a hint from the last purge
@@ -320,7 +325,7 @@ class Aggregator:
         groups, as many appended rows before a fold, a chunk)."""
         if self._buffer is None:
             width = self.spec.dtype.itemsize // 8
-            room = 2 * max(self.max_rows, COMPACT_MIN_ROWS) + 2 * ADD_CHUNK
+            room = 2 * max(self.max_rows, COMPACT_MIN_ROWS) + COMPACT_SLACK_ROWS + 2 * ADD_CHUNK
             self._buffer = SpillBuffer(width, self.spec.counters, room)
         return self._buffer
 
@@ -392,8 +397,24 @@ class Aggregator:
             if self._skipped_batches % 64 == 0:     # look again now and then
                 self._reduce_batches = True
         self.buffer.append(words, counts, h)
-        if self.buffer.pending >= max(COMPACT_MIN_ROWS, self.buffer.folded):
+        if self.buffer.pending >= self._fold_threshold() + COMPACT_SLACK_ROWS:
             self._compact()
+
+    def _fold_threshold(self) -> int:
+        """Unfolded rows past which a fold is due: as many as the groups, at least COMPACT_MIN_ROWS."""
+        return max(COMPACT_MIN_ROWS, self._buffer.folded if self._buffer is not None else 0)
+
+    @property
+    def compaction_due(self) -> bool:
+        """The spill buffer's unfolded rows outgrew its groups: a fold should run soon."""
+        return self._buffer is not None and self._buffer.pending >= self._fold_threshold()
+
+    def compact_if_due(self) -> bool:
+        """Run a due fold now (the plugin loop's choice of moment: its rings nearly empty); True if it ran."""
+        if not self.compaction_due:
+            return False
+        self._compact()
+        return True
 
     def _compact(self) -> None:
         if self._buffer is not None:

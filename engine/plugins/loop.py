@@ -110,6 +110,10 @@ class RingLoop:
         self.records += got
         return got
 
+    def ring_backlog(self) -> int:
+        """Records waiting in the rings now."""
+        return sum(int(ring.pending()) for ring in self.rings)
+
     def ring_capacities(self) -> list[int]:
         return [int(getattr(ring, "capacity", 0)) for ring in self.rings]
 

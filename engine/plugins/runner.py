@@ -23,6 +23,7 @@ from .loop import IdlePause, RingLoop, install_signals
 IDLE_SLEEP = 0.05           # seconds to sleep when every ring is empty (loop.IdlePause: up to IDLE_SLEEP_MAX)
 IDLE_SLEEP_MAX = 0.1
 PURGE_BUSY_S = 600.0        # longest purge (sink retries included) before the supervisor calls it hung
+FOLD_BACKLOG_DIVISOR = 8     # a due fold of the spill buffer waits until the rings are at most 1/8 full
 
 
 def next_refresh(now: float, refresh: int) -> float:
@@ -48,6 +49,8 @@ class PluginLoop(RingLoop):
         super().__init__(plugin, core, rings, stats_path, log)
         self.pause = IdlePause(IDLE_SLEEP, IDLE_SLEEP_MAX, self.ring_capacities())
         self.aggregator = Aggregator(plugin, core)
+        # a due fold runs once the rings hold at most this many records (a fold can wait: compaction_due)
+        self.fold_backlog = min(self.ring_capacities(), default=0) // FOLD_BACKLOG_DIVISOR
         self.writer = writer or make_writer(plugin, core, self.log)
         self.purges = 0
         self.purge_errors = 0
@@ -147,6 +150,8 @@ class PluginLoop(RingLoop):
             self.purge()
             return False
         got = self.drain_once()
+        if self.aggregator.compaction_due and self.ring_backlog() <= self.fold_backlog:
+            self.aggregator.compact_if_due()      # the fold's stall starts with (nearly) empty rings
         self.poll_writer()
         now = time.time()
         if now >= self.next_purge:
