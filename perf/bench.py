@@ -13,6 +13,8 @@ the kernel queue to drain, stop it (nfacctd: SIGINT, pmengine: SIGTERM; SIGKILL 
   kept     Σ BYTES of the print output / the generator's expected bytes (perf/traffic.py JSON).
   RSS      peak of Σ VmRSS over the process tree; and per million aggregated entries (output rows).
   drops    kernel drops of the collector's UDP sockets (/proc/net/udp{,6} "drops", read before the stop).
+  steal%   share of the box's CPU time the hypervisor gave to other guests from the replay to the exit
+           (/proc/stat): a shared VM's steal makes CPU per flow and losses move between runs.
 Workers: pmengine-N runs the 5-tuple scenarios with `plugin_workers: N` (--workers auto; the matrix keeps one
 plugin process: a few hundred keys need no split); --workers K sets K for every pmengine run.
 The shards 1 → 2 model: pmengine's processes are split into receivers (those holding a socket on the port:
@@ -83,6 +85,7 @@ class Result:
     kernel_drops: int = 0
     ring_drops: int = 0
     exporters_exact: int = 0    # exporters whose Σ bytes equals the generator's (catches misattributed flows)
+    steal: float = 0.0          # share of this box's CPU time the host stole from the replay to the exit
     notes: list = field(default_factory=list)
 
     @property
@@ -316,6 +319,18 @@ def ring_drops(log_text: str) -> int:
     return sum(int(m) for m in re.findall(r"ring[_ ]drop\w*[=: ]+(\d+)", log_text))
 
 
+def cpu_ticks() -> list[int]:
+    """The box's CPU time by kind (/proc/stat's first line: user ... steal ...), in clock ticks."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def steal_share(before: list[int], after: list[int]) -> float:
+    """Share of the CPU time between two cpu_ticks() the hypervisor gave to other guests (field 8)."""
+    spent = [b - a for a, b in zip(before, after)]
+    return spent[7] / sum(spent) if len(spent) > 7 and sum(spent) > 0 else 0.0
+
+
 def run_collector(scenario: Scenario, collector: str, pcap_payloads: list, expected: dict, rate_fps: float,
                   work: Path, renormalize: bool, same_pipe: bool = False, workers: str = "auto") -> Result:
     """One run: start, listen, replay at rate_fps flows/s, drain, stop, measure."""
@@ -343,7 +358,7 @@ def run_collector(scenario: Scenario, collector: str, pcap_payloads: list, expec
         startup_by_pid = dict(sampler.cpu)
         sampler.start()
         fpp = expected["flows"] / max(1, expected["datagrams"])
-        t0 = time.monotonic()
+        t0, ticks = time.monotonic(), cpu_ticks()
         report = send(pcap_payloads, ("127.0.0.1", port), rate_fps / fpp if rate_fps > 0 else 0)
         res.send_rate = report.packets * fpp / report.seconds if report.seconds else 0.0
         time.sleep(1.0)                         # the kernel queue and rings drain
@@ -355,6 +370,7 @@ def run_collector(scenario: Scenario, collector: str, pcap_payloads: list, expec
         except ChildProcessError:
             usage = None
         res.wall = time.monotonic() - t0
+        res.steal = steal_share(ticks, cpu_ticks())
         sampler.stop_flag.set()
         waited = (usage.ru_utime + usage.ru_stime) if usage else 0.0
         res.run_cpu = max(sampler.total(), waited) - res.startup_cpu
@@ -406,7 +422,7 @@ def format_table(rows: list[tuple[Scenario, Result, Result | None]]) -> str:
     head = (f"{'scenario':13} {'collector':14} {'flows':>8} {'rate f/s':>9} {'start s':>7} {'µs/flow':>8} "
             f"{'ratio':>6} {'kept %':>7} {'exp ok':>6} {'rows':>7} {'peak RSS MB':>11} {'MB/M rows':>9} {'PSS MB':>7} "
             f"{'MB/M rows':>9} {'kdrops':>6} "
-            f"{'rdrops':>6}")
+            f"{'rdrops':>6} {'steal%':>6}")
     lines = [head, "-" * len(head)]
     for sc, r, ref in rows:
         ratio = f"{r.us_per_flow / ref.us_per_flow:6.2f}" if ref is not None and ref.us_per_flow else f"{'':6}"
@@ -415,7 +431,7 @@ def format_table(rows: list[tuple[Scenario, Result, Result | None]]) -> str:
                      f"{r.us_per_flow:8.2f} {ratio} {100 * r.bytes_kept:7.2f} {r.exporters_exact:6d} {r.rows:7d} "
                      f"{r.peak_rss / 2**20:11.1f} {r.rss_per_m_entries / 2**20:9.0f} {r.peak_pss / 2**20:7.1f} "
                      f"{r.pss_per_m_entries / 2**20:9.0f} {r.kernel_drops:6d} "
-                     f"{r.ring_drops:6d}")
+                     f"{r.ring_drops:6d} {100 * r.steal:6.1f}")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ def test_quick_bench_table_has_both_collectors_with_all_bytes(tmp_path):
                            "--keep", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     table = proc.stdout.splitlines()
+    assert any(line.startswith("scenario") and line.rstrip().endswith("steal%") for line in table), proc.stdout
     assert any(line.startswith("v9-five") and " nfacctd " in line for line in table), proc.stdout
     assert any(line.startswith("v9-five") and " pmengine-1 " in line for line in table), proc.stdout
     results = {r["collector"]: r for r in json.loads(out.read_text())}
@@ -29,6 +30,7 @@ def test_quick_bench_table_has_both_collectors_with_all_bytes(tmp_path):
         assert r["bytes_kept"] == 1.0, r
         assert r["run_cpu"] > 0 and r["peak_rss"] > 0, r
         assert r["kernel_drops"] == 0, r
+        assert 0.0 <= r["steal"] < 1.0, r             # the host's steal over the run, from /proc/stat
     # the reference attributes every byte to the right exporter (the generator's per-exporter totals)
     assert results["nfacctd"]["exporters_exact"] == len(expected["per_exporter"])
     assert results["nfacctd"]["rows"] == expected["distinct"]["five"]
