@@ -194,6 +194,28 @@ class KafkaBroker:
         meta = AdminClient(self.client_config(log_level=0)).list_topics(timeout=30)
         return sorted(t for t in meta.topics if t.startswith(prefix))
 
+    def create_topics(self, names: list[str], timeout: float = 60.0) -> None:
+        """Have the broker create topics (auto.create.topics.enable, its partition count) without a message:
+        a metadata request naming a topic creates it on this old broker (it has no CreateTopics request;
+        librdkafka may report the reply as malformed, which is ignored).  Waits until every partition of
+        every topic has a leader."""
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+        admin = AdminClient(self.client_config(log_level=0))
+        for name in names:
+            try:
+                admin.list_topics(topic=name, timeout=10)
+            except KafkaException:
+                pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            meta = admin.list_topics(timeout=10).topics
+            if all(n in meta and meta[n].partitions and all(p.leader >= 0 for p in meta[n].partitions.values())
+                   for n in names):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"topics not created in {timeout:.0f} s: {names}")
+
     def consume(self, topics, count: Optional[int] = None, timeout: float = 60.0, idle: float = 2.0) -> list:
         """Every message of `topics` (a name or a list) from the start, read by partition assignment (no group).
 
