@@ -74,7 +74,7 @@ def test_idle_collector_wakes_about_ten_times_a_second_per_process(collector_fac
     others = [t for t in after["supervisor"] if t != c.proc.pid]      # the template bus thread
     assert all((after["supervisor"][t] - before["supervisor"].get(t, 0)) / window <= 4 for t in others), after
     t0 = time.monotonic()
-    assert c.stop(30) == 0
+    assert c.stop(30) == 0, c.log_path.read_text()[-4000:]
     assert time.monotonic() - t0 < 5              # the supervisor heard SIGTERM at once and stopped everyone
 
 
