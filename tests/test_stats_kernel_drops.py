@@ -1,6 +1,7 @@
 """Kernel socket drops are really the kernel's counter: a tiny receive buffer is overflowed on purpose.
 
-1. sockets.kernel_drops() on a socket of our own that nobody reads: exactly sent - queued.
+1. sockets.kernel_drops() on a socket of our own that nobody reads: exactly sent - queued, from SO_MEMINFO
+   and from /proc/net/udp (where the kernel has no SO_MEMINFO drop counter).
 2. A live engine (1 shard, nfacctd_pipe_size: 1, the kernel's minimum buffer) gets bursts much faster
    than one Python process drains them: `pmengine stats` shows kernel_drops > 0 and
    received + kernel_drops = sent.  (No SIGSTOP of the shard: the supervisor would take a stopped
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import json
 import socket
+
+import pytest
 import subprocess
 import time
 
@@ -17,6 +20,7 @@ from conftest import REPO, Collector, free_udp_port, pmengine_cmd
 from netflow_encoder import V5Record, v5_packet
 
 from engine.config.tree import Listener
+from engine.shards import sockets as sockets_mod
 from engine.shards.sockets import kernel_drops, open_udp
 
 
@@ -30,7 +34,16 @@ def drain(sock: socket.socket) -> int:
         n += 1
 
 
-def test_kernel_drops_reads_the_kernels_counter_for_this_socket():
+@pytest.mark.parametrize("source", ["so_meminfo", "proc"])
+def test_kernel_drops_reads_the_kernels_counter_for_this_socket(source, monkeypatch):
+    if source == "proc":
+        monkeypatch.setattr(sockets_mod, "_meminfo", lambda sock: ())
+    else:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if len(sockets_mod._meminfo(probe)) <= sockets_mod.SK_MEMINFO_DROPS:
+            probe.close()
+            pytest.skip("this kernel's SO_MEMINFO has no drop counter")
+        probe.close()
     sock = open_udp(Listener(ip="127.0.0.1", port=0, rcvbuf=1))
     other = open_udp(Listener(ip="127.0.0.1", port=0, rcvbuf=1 << 20))     # not overflowed: stays 0
     try:

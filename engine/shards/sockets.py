@@ -11,7 +11,8 @@ from ..schema import IPV4_MAPPED_PREFIX
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)         # Linux: u32 sk_meminfo[], rmem_alloc first
-SK_MEMINFO_BYTES = 9 * 4
+SK_MEMINFO_DROPS = 8                                    # the socket's drop counter (/proc/net/udp's "drops")
+SK_MEMINFO_BYTES = (SK_MEMINFO_DROPS + 1) * 4
 # Without nfacctd_pipe_size a shard asks for this much: the kernel default (~200 KB, ~90 datagrams) cannot
 # hold what arrives while a shard gathers a batch (gather.GatherClock) or decodes one at 100k+ datagrams/s.
 DEFAULT_RCVBUF = 32 << 20
@@ -51,17 +52,29 @@ def set_rcvbuf(sock: socket.socket, size: int) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
+def _meminfo(sock: socket.socket) -> tuple[int, ...]:
+    """SO_MEMINFO's u32 counters (rmem_alloc first, drops at SK_MEMINFO_DROPS on Linux >= 4.10); () where the
+    option is missing."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, SK_MEMINFO_BYTES)
+    except OSError:
+        return ()
+    return struct.unpack_from(f"{len(raw) // 4}I", raw)
+
+
 def queued_bytes(sock: socket.socket) -> int:
     """Bytes of receive buffer the socket's queued datagrams are charged (SO_MEMINFO's rmem_alloc: what the
     kernel compares with SO_RCVBUF before it drops); 0 where the option is missing."""
-    try:
-        return struct.unpack_from("I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, SK_MEMINFO_BYTES))[0]
-    except OSError:
-        return 0
+    info = _meminfo(sock)
+    return info[0] if info else 0
 
 
 def kernel_drops(sock: socket.socket) -> int:
-    """The kernel's drop counter for this socket, from /proc/net/udp{,6} (matched by inode)."""
+    """The kernel's drop counter for this socket: SO_MEMINFO's, else /proc/net/udp{,6}'s (matched by inode:
+    a scan of every UDP socket of the host)."""
+    info = _meminfo(sock)
+    if len(info) > SK_MEMINFO_DROPS:
+        return info[SK_MEMINFO_DROPS]
     inode = str(os.fstat(sock.fileno()).st_ino)
     for path in ("/proc/net/udp6", "/proc/net/udp"):
         try:
