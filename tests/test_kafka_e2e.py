@@ -131,12 +131,8 @@ def runs(kafka_broker, tmp_path_factory):
             # exist beforehand.  pmengine's auto-create their own (and test_plugin_workers_send_the_same_rows).
             kafka_broker.create_topics(reference_topics(prefix))
         proc = run(collector_conf(prefix, pcap, kafka_broker, config_file), folder)
-        messages = plugin_messages(kafka_broker, prefix)
-        by_plugin = defaultdict(list)
-        for msg in messages:
-            name = msg.topic()[len(prefix):].split(".")[0]
-            by_plugin[name].append(msg)
-        out[who] = by_plugin
+        # nfacctd 1.7.7's kafka writers are forked at its purge and may still be producing after its core exited
+        out[who] = read_by_plugin(kafka_broker, prefix, lambda got: set(PLUGINS) <= set(got))
         out[who + "_prefix"] = prefix
         out[who + "_log"] = proc.stderr[-3000:] if isinstance(proc.stderr, str) else ""
     return out
@@ -149,27 +145,17 @@ def reference_topics(prefix: str) -> list[str]:
             for ip in (EXPORTERS if "$peer_src_ip" in n else EXPORTERS[:1])]
 
 
-def plugin_messages(kafka_broker, prefix: str, wait_s: float = 30.0) -> list:
-    """Every message of the run, once every plugin has sent some (each read re-reads from the start)."""
+def read_by_plugin(kafka_broker, prefix: str, done, wait_s: float = 30.0) -> dict[str, list]:
+    """Every message of the run's topics, by plugin name; read again (each read starts from the beginning and
+    stops after 2 s without a message) until done(messages by plugin) or wait_s has passed."""
     deadline = time.monotonic() + wait_s
     while True:
-        messages = kafka_broker.consume(plugin_topics(kafka_broker, prefix), idle=2.0)
-        have = {m.topic()[len(prefix):].split(".")[0] for m in messages}
-        if set(PLUGINS) <= have or time.monotonic() > deadline:
-            return messages
+        by_plugin = defaultdict(list)
+        for msg in kafka_broker.consume(kafka_broker.topics(prefix), idle=2.0):
+            by_plugin[msg.topic()[len(prefix):].split(".")[0]].append(msg)
+        if done(by_plugin) or time.monotonic() > deadline:
+            return by_plugin
         time.sleep(1.0)
-
-
-def plugin_topics(kafka_broker, prefix: str, wait_s: float = 30.0) -> list[str]:
-    """The run's topics, once every plugin has one: nfacctd 1.7.7's kafka writers are forked at its purge
-    and may still be creating their topics after the core has exited (seen on a loaded 2-CPU box)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        topics = kafka_broker.topics(prefix)
-        have = {t[len(prefix):].split(".")[0] for t in topics}
-        if set(PLUGINS) <= have or time.monotonic() > deadline:
-            return topics
-        time.sleep(0.5)
 
 
 def objects(messages) -> list[dict]:
@@ -317,14 +303,9 @@ def test_plugin_workers_send_the_same_rows(runs, kafka_broker, tmp_path):
     # 3 producers auto-create each topic at once; the broker may refuse all but one ("Invalid topic"): the
     # writers produce those messages again (KafkaWriter TOPIC_RETRIES) and lose none
     assert "lost_rows=0" in proc.stderr and "last error" not in proc.stderr, proc.stderr[-3000:]
-    deadline = time.monotonic() + 30        # every row was delivered (lost_rows=0): read until all are seen
-    while True:                             # (a read stops after 2 s without a message; it re-reads from the start)
-        by_plugin = defaultdict(list)
-        for msg in kafka_broker.consume(kafka_broker.topics(prefix), idle=2.0):
-            by_plugin[msg.topic()[len(prefix):].split(".")[0]].append(msg)
-        if all(rows(by_plugin[p]) == rows(runs["pm"][p]) for p in PLUGINS) or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
+    # every row was delivered (lost_rows=0): read until all of them are seen
+    by_plugin = read_by_plugin(kafka_broker, prefix,
+                               lambda got: all(rows(got[p]) == rows(runs["pm"][p]) for p in PLUGINS))
     for plugin in PLUGINS:
         assert rows(by_plugin[plugin]) == rows(runs["pm"][plugin]), plugin
     writers = {o["writer_id"].split("/")[1] for o in objects(by_plugin["plain"])}

@@ -1,5 +1,6 @@
 """recvmmsg receiver (engine/shards/mmsg.py): every datagram whole, senders as 16-byte addresses, errors skipped."""
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -121,7 +122,6 @@ def test_batcher_uses_recvmmsg_and_builds_packet_batches():
     rx.close(), tx.close()
 
 
-
 def _mapping_of(address: int) -> dict[str, str]:
     """The /proc/self/smaps fields of the mapping that holds `address`."""
     fields: dict[str, str] = {}
@@ -153,7 +153,6 @@ def test_receive_buffer_is_kept_off_huge_pages():
 
 
 def test_queued_bytes_is_what_the_kernel_charges_the_queue():
-    import time
     rx = _bound(socket.AF_INET, "127.0.0.1")
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     assert queued_bytes(rx) == 0
