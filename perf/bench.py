@@ -14,7 +14,9 @@ the kernel queue to drain, stop it (nfacctd: SIGINT, pmengine: SIGTERM; SIGKILL 
   RSS      peak of Σ VmRSS over the process tree; and per million aggregated entries (output rows).
   drops    kernel drops of the collector's UDP sockets (/proc/net/udp{,6} "drops", read before the stop).
   steal%   share of the box's CPU time the hypervisor gave to other guests from the replay to the exit
-           (/proc/stat): a shared VM's steal makes CPU per flow and losses move between runs.
+           (/proc/stat): a shared VM's steal makes CPU per flow and losses move between runs.  So a row's
+           median is over its runs with at most --max-steal (3%) stolen: it runs until it has --runs of
+           them or has made --attempts (3 x --runs) runs; column runs = quiet/made (none quiet: all made).
 Workers: pmengine-N runs the 5-tuple scenarios with `plugin_workers: N` (--workers auto; the matrix keeps one
 plugin process: a few hundred keys need no split); --workers K sets K for every pmengine run.
 The shards 1 → 2 model: pmengine's processes are split into receivers (those holding a socket on the port:
@@ -86,6 +88,8 @@ class Result:
     ring_drops: int = 0
     exporters_exact: int = 0    # exporters whose Σ bytes equals the generator's (catches misattributed flows)
     steal: float = 0.0          # share of this box's CPU time the host stole from the replay to the exit
+    quiet_runs: int = 1         # runs of this row within --max-steal (the median is over these) ...
+    attempts: int = 1           # ... of the runs made
     notes: list = field(default_factory=list)
 
     @property
@@ -418,11 +422,23 @@ def median_result(results: list[Result]) -> Result:
     return results[len(results) // 2]
 
 
+def quiet_runs(run, runs: int, max_steal: float, attempts: int) -> tuple[list[Result], int]:
+    """Call run() until `runs` results had at most max_steal of the box's CPU stolen, or `attempts` calls were
+    made.  Returns the quiet results (all of them when none was quiet) and the number of calls.  A stolen run
+    measures the hypervisor too: its CPU per flow and its losses move (perf/README.md, "steal")."""
+    made, quiet = [], []
+    while len(quiet) < runs and len(made) < max(runs, attempts):
+        made.append(run())
+        if made[-1].steal <= max_steal:
+            quiet.append(made[-1])
+    return (quiet or made), len(made)
+
+
 def format_table(rows: list[tuple[Scenario, Result, Result | None]]) -> str:
     head = (f"{'scenario':13} {'collector':14} {'flows':>8} {'rate f/s':>9} {'start s':>7} {'µs/flow':>8} "
             f"{'ratio':>6} {'kept %':>7} {'exp ok':>6} {'rows':>7} {'peak RSS MB':>11} {'MB/M rows':>9} {'PSS MB':>7} "
             f"{'MB/M rows':>9} {'kdrops':>6} "
-            f"{'rdrops':>6} {'steal%':>6}")
+            f"{'rdrops':>6} {'steal%':>6} {'runs':>5}")
     lines = [head, "-" * len(head)]
     for sc, r, ref in rows:
         ratio = f"{r.us_per_flow / ref.us_per_flow:6.2f}" if ref is not None and ref.us_per_flow else f"{'':6}"
@@ -431,7 +447,7 @@ def format_table(rows: list[tuple[Scenario, Result, Result | None]]) -> str:
                      f"{r.us_per_flow:8.2f} {ratio} {100 * r.bytes_kept:7.2f} {r.exporters_exact:6d} {r.rows:7d} "
                      f"{r.peak_rss / 2**20:11.1f} {r.rss_per_m_entries / 2**20:9.0f} {r.peak_pss / 2**20:7.1f} "
                      f"{r.pss_per_m_entries / 2**20:9.0f} {r.kernel_drops:6d} "
-                     f"{r.ring_drops:6d} {100 * r.steal:6.1f}")
+                     f"{r.ring_drops:6d} {100 * r.steal:6.1f} {f'{r.quiet_runs}/{r.attempts}':>5}")
     return "\n".join(lines)
 
 
@@ -470,16 +486,18 @@ def collectors_of(scenario: Scenario, shards: list[int]) -> list[str]:
 
 
 def bench(scenarios: list[Scenario], flows: int, rate: float, runs: int, shards: list[int], work: Path,
-          sampling_rate: int = 1, workers: str = "auto",
-          exporters: int = EXPORTERS) -> list[tuple[Scenario, Result, Result | None]]:
+          sampling_rate: int = 1, workers: str = "auto", exporters: int = EXPORTERS, max_steal: float = 1.0,
+          attempts: int = 0) -> list[tuple[Scenario, Result, Result | None]]:
     table = []
     for sc in scenarios:
         payloads, expected = prepare(sc, flows, work, sampling_rate, exporters)
         ref = None
         for collector in collectors_of(sc, shards):
-            results = [run_collector(sc, collector, payloads, expected, rate, work, sampling_rate > 1,
-                                     workers=workers) for _ in range(runs)]
+            results, made = quiet_runs(lambda: run_collector(sc, collector, payloads, expected, rate, work,
+                                                             sampling_rate > 1, workers=workers),
+                                       runs, max_steal, attempts)
             r = median_result(results)
+            r.quiet_runs, r.attempts = sum(x.steal <= max_steal for x in results), made
             r.capacity = sorted(capacity(x) for x in results)[len(results) // 2]
             ref = r if ref is None else ref
             table.append((sc, r, None if r is ref else ref))
@@ -530,11 +548,16 @@ def main(argv: list[str] | None = None) -> int:
                     "5-tuple, 1 for the matrix) or a number")
     ap.add_argument("--exporters", type=int, default=EXPORTERS, help="exporters (source addresses) of the "
                     "traffic: SO_REUSEPORT spreads them over the shards, so few exporters can load shards unevenly")
+    ap.add_argument("--max-steal", type=float, default=3.0, help="%% of the box's CPU the hypervisor may steal "
+                    "during a run for it to count: a row runs until it has --runs such runs or --attempts runs "
+                    "(the table's runs column: quiet/made; with none quiet, the median of all)")
+    ap.add_argument("--attempts", type=int, default=0, help="most runs per row (default 3 x --runs)")
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--keep", help="keep pcaps, configs, logs and outputs in this folder")
     a = ap.parse_args(argv)
     if a.quick:
         a.flows, a.rate, a.scenarios = 6000, 20_000, "v9-five"
+        a.attempts = a.attempts or a.runs           # a smoke test: no re-runs
     scenarios = [SCENARIOS[s] for s in a.scenarios.split(",")]
     shards = [int(s) for s in a.shards.split(",")]
     with tempfile.TemporaryDirectory(prefix="pmbench-") as tmp:
@@ -544,9 +567,10 @@ def main(argv: list[str] | None = None) -> int:
             lo, hi = (float(x) for x in a.sweep_range.split(","))
             print("\n".join(sweep(scenarios, a.flows, shards, work, lo, hi, a.sweep_steps, a.workers)))
             return 0
-        table = bench(scenarios, a.flows, a.rate, a.runs, shards, work, a.sampling_rate, a.workers, a.exporters)
+        table = bench(scenarios, a.flows, a.rate, a.runs, shards, work, a.sampling_rate, a.workers, a.exporters,
+                      a.max_steal / 100, a.attempts or 3 * a.runs)
     print(f"{a.flows} flows per scenario at {a.rate:,.0f} flows/s, {os.cpu_count()} CPUs, "
-          f"runs={a.runs}; ratio = pmengine µs/flow / reference µs/flow")
+          f"runs={a.runs} with at most {a.max_steal:g}% stolen; ratio = pmengine µs/flow / reference µs/flow")
     print(format_table(table))
     for sc in scenarios:
         by = {r.collector: r for s, r, _ in table if s is sc}

@@ -18,7 +18,7 @@ def test_quick_bench_table_has_both_collectors_with_all_bytes(tmp_path):
                            "--keep", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     table = proc.stdout.splitlines()
-    assert any(line.startswith("scenario") and line.rstrip().endswith("steal%") for line in table), proc.stdout
+    assert any(line.startswith("scenario") and line.split()[-2:] == ["steal%", "runs"] for line in table), proc.stdout
     assert any(line.startswith("v9-five") and " nfacctd " in line for line in table), proc.stdout
     assert any(line.startswith("v9-five") and " pmengine-1 " in line for line in table), proc.stdout
     results = {r["collector"]: r for r in json.loads(out.read_text())}
@@ -31,6 +31,30 @@ def test_quick_bench_table_has_both_collectors_with_all_bytes(tmp_path):
         assert r["run_cpu"] > 0 and r["peak_rss"] > 0, r
         assert r["kernel_drops"] == 0, r
         assert 0.0 <= r["steal"] < 1.0, r             # the host's steal over the run, from /proc/stat
+        assert r["attempts"] == 1 and r["quiet_runs"] == (r["steal"] <= 0.03), r      # --quick: no re-runs
     # the reference attributes every byte to the right exporter (the generator's per-exporter totals)
     assert results["nfacctd"]["exporters_exact"] == len(expected["per_exporter"])
     assert results["nfacctd"]["rows"] == expected["distinct"]["five"]
+
+
+def _bench_module():
+    sys.path.insert(0, str(REPO / "perf"))
+    import bench
+    return bench
+
+
+@pytest.mark.parametrize("steals, runs, attempts, kept, made", [
+    ([0.00, 0.01, 0.02], 3, 9, [0.00, 0.01, 0.02], 3),              # all quiet: no re-run
+    ([0.10, 0.00, 0.20, 0.01, 0.00], 3, 9, [0.00, 0.01, 0.00], 5),  # stolen runs are re-run, not counted
+    ([0.10, 0.00, 0.20, 0.30], 3, 4, [0.00], 4),                    # bounded: the quiet ones so far
+    ([0.10, 0.20], 2, 2, [0.10, 0.20], 2),                          # none quiet: all of them
+])
+def test_quiet_runs_rerun_stolen_runs_within_the_attempts(steals, runs, attempts, kept, made):
+    bench = _bench_module()
+    queue = list(steals)
+
+    def run():
+        return bench.Result("pmengine-1", 1, steal=queue.pop(0))
+
+    results, calls = bench.quiet_runs(run, runs, 0.03, attempts)
+    assert [r.steal for r in results] == kept and calls == made

@@ -65,6 +65,19 @@ def test_split_is_a_partition_and_balanced(workers):
         assert abs(len(rows) - len(r) / workers) < 0.06 * len(r) / workers, [len(q) for q in parts]
 
 
+@pytest.mark.parametrize("workers", [2, 3, 4, 16])
+def test_split_is_balanced_on_low_entropy_keys(workers):
+    """Consecutive IPv4 sources to one destination, few ports: the mixed hash still spreads them evenly (power
+    of two workers take the top bits, others a multiply of the top 32)."""
+    n = 40000
+    r = np.zeros(n, RECORD_DTYPE)
+    r["src_host"][:, :4] = (np.arange(n, dtype=np.uint32) + 0x0A000000).byteswap().view(np.uint8).reshape(n, 4)
+    r["dst_host"][:, :4] = [10, 9, 8, 7]
+    r["src_port"], r["dst_port"], r["proto"] = 443, np.arange(n) % 7, 6
+    counts = np.bincount(Partitioner(PartitionSpec(FIVE, workers)).worker_of(r).astype(np.intp), minlength=workers)
+    assert len(counts) == workers and (abs(counts - n / workers) < 0.06 * n / workers).all(), counts
+
+
 def test_same_keys_same_workers_in_every_process():
     """The split depends on nothing but the key bytes: another Partitioner (another shard) agrees."""
     r = records(3000, seed=5)

@@ -167,6 +167,7 @@ class Ring:
         # Raw bytes of the slots: byte copies are memcpy, while structured-dtype copies go field by field.
         self._slots = np.frombuffer(mm, dtype=np.uint8, count=self.capacity * self._size, offset=HEADER_BYTES)
         self._records = self._slots.view(self.dtype)
+        self._rows = self._slots.view(np.dtype((np.void, self._size)))     # opaque rows: the cheapest take
         self._empty = np.frombuffer(np.empty(0, np.uint8), self.dtype)
 
     @classmethod
@@ -261,10 +262,12 @@ class Ring:
             return n == 0
         start = w % self.capacity
         first = min(n, self.capacity - start)
-        # mode="clip": numpy buffers `out` in the default mode "raise" (~15x slower); rows are in range anyway
-        np.take(records, rows[:first], out=self._records[start:start + first], mode="clip")
+        # mode="clip": numpy buffers `out` in the default mode "raise" (~15x slower); rows are in range anyway.
+        # Opaque rows of the record's size: a plain copy per row instead of the structured dtype's (~15% less)
+        src = np.ascontiguousarray(records).view(self._rows.dtype)
+        np.take(src, rows[:first], out=self._rows[start:start + first], mode="clip")
         if first < n:
-            np.take(records, rows[first:], out=self._records[:n - first], mode="clip")
+            np.take(src, rows[first:], out=self._rows[:n - first], mode="clip")
         self._commit(w, n)
         return True
 
@@ -359,7 +362,7 @@ class Ring:
         if self._mm is None:
             return
         self._hdr.release()
-        self._slots = self._records = None
+        self._slots = self._records = self._rows = None
         self._mm.close()
         self._mm = None
 

@@ -62,23 +62,33 @@ class Partitioner:
 
     def __init__(self, spec: PartitionSpec) -> None:
         plan = WordPlan.create(FoldSpec(spec.columns, or_flags=False))
-        self.words = np.array(plan.words[:plan.key_rows], dtype=np.intp)
-        self.masks = np.array([ALL if m is None else m for m in plan.masks], dtype=np.uint64)
+        words = list(plan.words[:plan.key_rows])
+        masks = [ALL if m is None else m for m in plan.masks]
+        # whole words first, then the masked ones: the mask is one in-place op on the trailing columns only
+        order = sorted(range(len(words)), key=lambda i: masks[i] != ALL)
+        self.words = np.array([words[i] for i in order], dtype=np.intp)
+        self.masks = np.array([masks[i] for i in order], dtype=np.uint64)
+        self.first_masked = sum(m == ALL for m in masks)
         self.mults = _MULTS[HASH_ROUND][:len(self.words)]
         self.workers = spec.workers
+        # 2**k workers: the top k bits; otherwise floor(top 32 bits * workers / 2**32)
+        self.top_bits = spec.workers.bit_length() - 1 if spec.workers & (spec.workers - 1) == 0 else None
 
     def worker_of(self, records: np.ndarray) -> np.ndarray:
         n = len(records)
         words = np.ascontiguousarray(records).view(np.uint64).reshape(n, RECORD_WORDS)
         columns = words[:, self.words]                  # (n, key words): one gather
-        columns &= self.masks
+        if self.first_masked < len(self.words):
+            columns[:, self.first_masked:] &= self.masks[self.first_masked:]
         columns *= self.mults
         h = columns.sum(axis=1, dtype=np.uint64)        # wraps mod 2**64
         h ^= h >> np.uint64(29)
         h *= MIX
+        if self.top_bits is not None:                   # well-mixed top bits
+            return h >> np.uint64(64 - self.top_bits) if self.top_bits else np.zeros(n, np.uint64)
         h >>= np.uint64(32)                             # 32 well-mixed bits
         h *= np.uint64(self.workers)
-        return (h >> np.uint64(32)).astype(np.intp)     # floor(bits * workers / 2**32): 0..workers-1
+        return h >> np.uint64(32)                       # floor(bits * workers / 2**32): 0..workers-1
 
     def split(self, records: np.ndarray) -> list[np.ndarray]:
         """Per worker, the row numbers of its records (for Ring.write_rows: gathered straight into its ring)."""
