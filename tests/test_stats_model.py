@@ -2,6 +2,7 @@
 ShardStats carrying its counters over a restart; the runtime-dir locator behind `pmengine stats`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -120,6 +121,16 @@ def test_a_restarted_shard_carries_its_predecessors_counters(tmp_path):
     # kernel drops are read off the socket the supervisor holds across restarts: not added up again
     assert (d["packets"], d["kernel_drops"], d["records_decoded"], d["starts"], d["pending_sets_now"]) == (5, 6, 50, 2, 6)
     assert d["exporters"]["10.0.0.1"]["flows"] == 50 and d["exporters"]["10.0.0.1"]["seq_gaps"] == 1
+
+
+def test_batches_of_exporter_counters_add_up_field_by_field():
+    total = ShardStats(0, None)
+    addr = IPV4_MAPPED_PREFIX + bytes([10, 0, 0, 2])
+    names = [f.name for f in dataclasses.fields(ExporterCounters)]
+    for k in range(1, 4):                                  # batch k: every counter k, then k + its position
+        total.add_decode({addr: ExporterCounters(**{n: k + i for i, n in enumerate(names)})}, 1)
+    total.add_decode({addr: ExporterCounters()}, 1)        # an all-zero batch changes nothing
+    assert dataclasses.asdict(total.exporters[addr]) == {n: 6 + 3 * i for i, n in enumerate(names)}
 
 
 def test_locator_finds_the_runtime_dir_from_the_pidfile(tmp_path):

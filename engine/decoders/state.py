@@ -10,7 +10,7 @@ table current when it arrived, so records get the rate nfacctd would give them.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -46,8 +46,13 @@ class ExporterCounters:
     unknown_records: int = 0      # sFlow: flow / counter records of unknown type, skipped
 
     def add(self, other: "ExporterCounters") -> "ExporterCounters":
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        # straight on the instance dicts (all fields are ints): a shard adds each exporter's batch counters
+        # once a batch, and dataclasses.fields() with getattr/setattr cost ~4 us a call: with 256 exporters,
+        # 15% of the shard's CPU
+        mine = self.__dict__
+        for name, value in other.__dict__.items():
+            if value:
+                mine[name] += value
         return self
 
 
