@@ -10,6 +10,9 @@ from pathlib import Path
 from conftest import NFACCTD, REPO
 import pytest
 
+sys.path.insert(0, str(REPO / "perf"))
+import bench  # noqa: E402
+
 
 @pytest.mark.skipif(NFACCTD is None, reason="nfacctd (Debian package pmacct) is not installed")
 def test_quick_bench_table_has_both_collectors_with_all_bytes(tmp_path):
@@ -37,12 +40,6 @@ def test_quick_bench_table_has_both_collectors_with_all_bytes(tmp_path):
     assert results["nfacctd"]["rows"] == expected["distinct"]["five"]
 
 
-def _bench_module():
-    sys.path.insert(0, str(REPO / "perf"))
-    import bench
-    return bench
-
-
 @pytest.mark.parametrize("steals, runs, attempts, kept, made", [
     ([0.00, 0.01, 0.02], 3, 9, [0.00, 0.01, 0.02], 3),              # all quiet: no re-run
     ([0.10, 0.00, 0.20, 0.01, 0.00], 3, 9, [0.00, 0.01, 0.00], 5),  # stolen runs are re-run, not counted
@@ -50,7 +47,6 @@ def _bench_module():
     ([0.10, 0.20], 2, 2, [0.10, 0.20], 2),                          # none quiet: all of them
 ])
 def test_quiet_runs_rerun_stolen_runs_within_the_attempts(steals, runs, attempts, kept, made):
-    bench = _bench_module()
     queue = list(steals)
 
     def run():
