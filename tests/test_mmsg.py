@@ -10,6 +10,8 @@ from engine.shards import mmsg
 from engine.shards.receiver import MAX_PACKETS, UdpBatcher
 from engine.shards.sockets import queued_bytes, set_rcvbuf
 
+from conftest import smaps_mapping
+
 pytestmark = pytest.mark.skipif(not mmsg.available(), reason="no recvmmsg in this libc")
 
 
@@ -122,31 +124,13 @@ def test_batcher_uses_recvmmsg_and_builds_packet_batches():
     rx.close(), tx.close()
 
 
-def _mapping_of(address: int) -> dict[str, str]:
-    """The /proc/self/smaps fields of the mapping that holds `address`."""
-    fields: dict[str, str] = {}
-    inside = False
-    for line in open("/proc/self/smaps"):
-        head = line.split(maxsplit=1)[0]
-        if "-" in head and ":" not in head:
-            if inside:
-                break
-            lo, hi = (int(x, 16) for x in head.split("-"))
-            inside = lo <= address < hi
-        elif inside:
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-    assert fields, "no mapping holds the address"
-    return fields
-
-
 def test_receive_buffer_is_kept_off_huge_pages():
     """One ~1500-byte datagram per 64 KiB slot: the buffer must stay in 4 KiB pages.  On huge pages
     (numpy asks for them on big arrays; khugepaged collapses a 2 MiB range holding a single written page)
     the whole 64 MiB became resident in every shard within seconds of traffic."""
     rx = _bound(socket.AF_INET, "127.0.0.1")
     r = mmsg.MmsgReceiver(rx, MAX_PACKETS)
-    mapping = _mapping_of(r.buf.ctypes.data)
+    mapping = smaps_mapping(r.buf.ctypes.data)
     assert int(mapping["Size"].split()[0]) * 1024 >= MAX_PACKETS * mmsg.SLOT_BYTES
     assert "nh" in mapping["VmFlags"].split()                     # MADV_NOHUGEPAGE
     assert "hg" not in mapping["VmFlags"].split()

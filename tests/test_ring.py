@@ -18,6 +18,8 @@ import pytest
 from engine.ipc.ring import HEADER_BYTES, RING_PREFIX, Ring, cleanup_stale, ring_name
 from engine.schema import RECORD_DTYPE
 
+from conftest import smaps_mapping
+
 SPAWN = mp.get_context("spawn")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -468,16 +470,7 @@ def test_write_rows_gathers_exactly_across_the_wrap(name, seed):
 
 
 def _resident_kib(address: int) -> int:
-    """Rss of the /proc/self/smaps mapping that holds `address`."""
-    inside = False
-    for line in open("/proc/self/smaps"):
-        head = line.split(maxsplit=1)[0]
-        if "-" in head and ":" not in head:
-            lo, hi = (int(x, 16) for x in head.split("-"))
-            inside = lo <= address < hi
-        elif inside and head == "Rss:":
-            return int(line.split()[1])
-    raise AssertionError("no mapping holds the address")
+    return int(smaps_mapping(address)["Rss"].split()[0])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MAP_POPULATE and smaps are Linux's")

@@ -29,6 +29,13 @@ def reference_walk(buf: bytes, start, end, count):
     return items, broken
 
 
+def walk(raw: bytes, start, end, count):
+    """walk_items on plain lists, as (items, broken) in reference_walk's form."""
+    p, body, types, lens, broken = walk_items(np.frombuffer(raw, np.uint8), np.array(start, np.int64),
+                                              np.array(end, np.int64), np.array(count, np.int64))
+    return list(zip(p.tolist(), body.tolist(), types.tolist(), lens.tolist())), broken.tolist()
+
+
 @st.composite
 def parents(draw):
     """A buffer of parents, each a chain of items (some lying about their length) and a claimed count."""
@@ -57,13 +64,8 @@ def parents(draw):
 @given(parents())
 def test_walk_items_finds_what_a_python_walker_finds(case):
     raw, start, end, count = case
-    buf = np.frombuffer(raw + b"\x00" * max(0, 8 - len(raw)), np.uint8)
-    want, want_broken = reference_walk(bytes(buf), start, end, count)
-    p, body, types, lens, broken = walk_items(buf, np.array(start, np.int64), np.array(end, np.int64),
-                                              np.array(count, np.int64))
-    got = list(zip(p.tolist(), body.tolist(), types.tolist(), lens.tolist()))
-    assert got == want
-    assert broken.tolist() == want_broken
+    raw += b"\x00" * max(0, 8 - len(raw))
+    assert walk(raw, start, end, count) == reference_walk(raw, start, end, count)
 
 
 def test_walk_items_many_parents_of_many_items_in_lock_step():
@@ -81,8 +83,4 @@ def test_walk_items_many_parents_of_many_items_in_lock_step():
         count.append(n)
         at += len(body)
     raw = b"".join(chunks) + bytes(16)
-    want, want_broken = reference_walk(raw, start, end, count)
-    p, body, types, lens, broken = walk_items(np.frombuffer(raw, np.uint8), np.array(start, np.int64),
-                                              np.array(end, np.int64), np.array(count, np.int64))
-    assert list(zip(p.tolist(), body.tolist(), types.tolist(), lens.tolist())) == want
-    assert broken.tolist() == want_broken
+    assert walk(raw, start, end, count) == reference_walk(raw, start, end, count)
