@@ -54,3 +54,29 @@ def test_quiet_runs_rerun_stolen_runs_within_the_attempts(steals, runs, attempts
 
     results, calls = bench.quiet_runs(run, runs, 0.03, attempts)
     assert [r.steal for r in results] == kept and calls == made
+
+
+CHILD_BURNS = """
+import sys, time
+# spin until this process's CPU time is 5 ms past a multiple of 10 ms (past 80 ms): clock ticks read it >= 5 ms low
+target = (max(80_000_000, time.process_time_ns()) // 10_000_000 + 1) * 10_000_000 + 5_000_000
+while time.process_time_ns() < target:
+    pass
+print(time.process_time_ns(), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_cpu_seconds_reads_a_process_exactly_not_in_clock_ticks():
+    # the bench subtracts a start-up CPU read from /proc from the exact rusage at the end: ticks (utime and stime
+    # each truncated to 10 ms) would make every process of the tree look ~10 ms busier than it was
+    child = subprocess.Popen([sys.executable, "-c", CHILD_BURNS], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        own = int(child.stdout.readline()) / 1e9
+        seen = bench.cpu_seconds(child.pid)
+        assert seen is not None and abs(seen - own) < 0.002, (seen, own)
+    finally:
+        child.stdin.close()
+        child.wait(10)
+    assert bench.cpu_seconds(child.pid) is None          # gone: nothing to read
