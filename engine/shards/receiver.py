@@ -277,10 +277,12 @@ def run_udp(shard: Shard, listener: Listener, sock: Optional[socket.socket] = No
                 shard.bus_receive()
             if sock.fileno() in ready:                   # zmq reports plain sockets by fd
                 wait = gather.wait(time.monotonic())
-                if wait > 0:
+                queued = 0 if wait > 0 else queued_bytes(sock)     # what the gathered datagrams cost the buffer
+                while wait > 0:
                     busy(wait)                  # the hang watch counts from the end of the wait
                     wakeup.sleep(wait)
-                queued = queued_bytes(sock)     # what the gathered datagrams cost the buffer
+                    queued = queued_bytes(sock)
+                    wait = 0.0 if shard.stopping else gather.more(time.monotonic(), queued)
                 while not shard.stopping:
                     started = time.monotonic()
                     batch = batcher.receive()
