@@ -39,7 +39,8 @@ FALL = 0.3                      # weight of a lower newest rate in the estimate 
 
 class GatherClock:
     """received(datagrams, payload_bytes) after each receive; drained(now) when one left the socket empty;
-    wait(now): seconds to sleep before the next receive."""
+    wait(now): seconds to sleep before the next receive; more(now, queued_bytes) after that sleep: seconds to
+    sleep on."""
 
     def __init__(self, rcvbuf_bytes: int) -> None:
         self.rcvbuf = max(1, rcvbuf_bytes)
