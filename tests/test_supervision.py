@@ -268,3 +268,32 @@ def test_plugin_killed_with_unpurged_records_counts_them_lost(collector_factory,
     assert "1000 records its predecessor had read but not purged are lost" in collector.log_path.read_text()
     written = sum(v for k, v in read_rows(out).items() if k[-1] == "packets")     # one packet per record
     assert written == 1000 and written + 1000 == sum(v for k, v in expected.items() if k[-1] == "packets")
+
+
+def test_idle_shard_stopped_is_killed_and_restarted_within_its_deadline(collector_factory, tmp_path):
+    """An idle shard declares its poll (up to 1 s) busy and the supervisor sleeps until the first deadline: a
+    shard stopped (hung) while idle is still killed soon after its deadline (here ~1.05 s after the stop),
+    restarted, and the new one decodes."""
+    port, out = free_udp_port(), tmp_path / "flows.json"
+    collector = collector_factory(conf(port, out), shards=1)
+    collector.wait_listening(1)
+    folder = runtime_dir(collector.proc.pid)
+    dest, rng, expected = ("127.0.0.1", port), random.Random(7), Counter()
+    source = V9Source("127.0.0.31", 1, 1, rng)
+    try:
+        time.sleep(1.5)                                       # idle: the shard is in its long poll
+        hung = children(folder)["shard-0"]["pid"]
+        os.kill(hung, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        took = wait_restarted(folder, "shard-0", hung, stopped_at)
+        print(f"stopped idle shard replaced {took:.2f} s after SIGSTOP")
+        assert took < 3.0, took             # busy poll 1 s + timeout 0.5 s + a turn + the restart, with room
+        assert "shard-0 (pid %d) hung" % hung in collector.log_path.read_text()
+        collector.wait_listening(1)
+        source.send_template(dest)
+        source.send(dest, expected, 10)
+        wait_for(lambda: stats(folder, "shard-0").get("records_offered", 0) >= 200, 10, "the new shard decodes")
+    finally:
+        source.close()
+    assert collector.stop() == 0
+    assert read_rows(out) == expected
