@@ -134,6 +134,11 @@ class Child:
     died_at: float = 0.0
     silent_cpu: Optional[float] = None     # its CPU seconds when we first saw it silent past its timeout
 
+    @property
+    def hang_timeout(self) -> float:
+        """Seconds of silence past its last beat (or declared busy time) after which it counts as hung."""
+        return HANG_TIMEOUT_S[self.role] if self.restartable else PCAP_SHARD_HANG_TIMEOUT_S
+
 
 @dataclass
 class Supervisor:
@@ -273,8 +278,7 @@ class Supervisor:
             if child.process is None:
                 first = min(first, child.next_start - now)
             elif self.beats is not None and child.slot >= 0:
-                limit = HANG_TIMEOUT_S[child.role] if child.restartable else PCAP_SHARD_HANG_TIMEOUT_S
-                first = min(first, limit - self.beats.silent_for(child.slot, now_ns) + DEADLINE_SLACK_S)
+                first = min(first, child.hang_timeout - self.beats.silent_for(child.slot, now_ns) + DEADLINE_SLACK_S)
         return max(TURN_MIN_S, first)
 
     def wait_turn(self, timeout: float) -> set:
@@ -365,7 +369,7 @@ class Supervisor:
             proc = child.process
             if proc is None or child.finished or child.slot < 0:
                 continue
-            limit = HANG_TIMEOUT_S[child.role] if child.restartable else PCAP_SHARD_HANG_TIMEOUT_S
+            limit = child.hang_timeout
             late = self.beats.silent_for(child.slot, now_ns) - limit
             if late <= 0 or not proc.is_alive():
                 child.silent_cpu = None
