@@ -89,6 +89,16 @@ def shard_packets(folder, shards: int) -> int:
     return sum(stats(folder, f"shard-{i}").get("packets", 0) for i in range(shards))
 
 
+def one_shard_v9(collector_factory, tmp_path, source_ip: str, seed: int, extra: str = ""):
+    """A listening 1-shard collector (conf() + extra, flows.json in tmp_path) and one v9 source at source_ip:
+    (collector, runtime folder, output path, destination, expected Counter, source)."""
+    port, out = free_udp_port(), tmp_path / "flows.json"
+    collector = collector_factory(conf(port, out, extra), shards=1)
+    collector.wait_listening(1)
+    return (collector, runtime_dir(collector.proc.pid), out, ("127.0.0.1", port), Counter(),
+            V9Source(source_ip, 1, 1, random.Random(seed)))
+
+
 def wait_restarted(folder, name: str, old_pid: int, killed_at: float) -> float:
     new = wait_for(lambda: (children(folder)[name]["pid"] or old_pid) != old_pid and children(folder)[name],
                    10, f"{name} restarted")
@@ -149,15 +159,10 @@ def test_shard_killed_mid_stream(collector_factory, tmp_path):
 def test_plugin_killed_then_hung(collector_factory, tmp_path):
     """A SIGKILLed plugin is restarted within 1 s; a stopped (hung) one is killed after its hang timeout and
     restarted; what the shard offered = what was aggregated + the ring drops it counted."""
-    port, out = free_udp_port(), tmp_path / "flows.json"
     # smallest ring (1024 records); a filter turns the shard's pre-aggregation off, or the 3000 records below
     # (432 distinct keys) could fold into the ring without overflowing it
-    collector = collector_factory(conf(port, out, "plugin_pipe_size: 65536\naggregate_filter[out]: tcp or udp\n"),
-                                  shards=1)
-    collector.wait_listening(1)
-    folder = runtime_dir(collector.proc.pid)
-    dest, rng, expected = ("127.0.0.1", port), random.Random(5), Counter()
-    source = V9Source("127.0.0.30", 1, 1, rng)
+    collector, folder, out, dest, expected, source = one_shard_v9(
+        collector_factory, tmp_path, "127.0.0.30", 5, "plugin_pipe_size: 65536\naggregate_filter[out]: tcp or udp\n")
     try:
         # the first plugin must have started (its filter compiled) before it is killed: else its successor's
         # "started" line is the only one and the wait for two below times out
@@ -238,12 +243,7 @@ def test_plugin_killed_with_unpurged_records_counts_them_lost(collector_factory,
     """Records a plugin had read but not purged die with it: its successor counts them
     (records_lost_in_restart, in `pmengine stats` and Prometheus), so sent = written + counted lost."""
     from engine.ops.stats_model import load_model
-    port, out = free_udp_port(), tmp_path / "flows.json"
-    collector = collector_factory(conf(port, out), shards=1)
-    collector.wait_listening(1)
-    folder = runtime_dir(collector.proc.pid)
-    dest, rng, expected = ("127.0.0.1", port), random.Random(7), Counter()
-    source = V9Source("127.0.0.31", 1, 1, rng)
+    collector, folder, out, dest, expected, source = one_shard_v9(collector_factory, tmp_path, "127.0.0.31", 7)
     try:
         source.send_template(dest)
         for burst in (1, 2):
@@ -274,12 +274,7 @@ def test_idle_shard_stopped_is_killed_and_restarted_within_its_deadline(collecto
     """An idle shard declares its poll (up to 1 s) busy and the supervisor sleeps until the first deadline: a
     shard stopped (hung) while idle is still killed soon after its deadline (here ~1.05 s after the stop),
     restarted, and the new one decodes."""
-    port, out = free_udp_port(), tmp_path / "flows.json"
-    collector = collector_factory(conf(port, out), shards=1)
-    collector.wait_listening(1)
-    folder = runtime_dir(collector.proc.pid)
-    dest, rng, expected = ("127.0.0.1", port), random.Random(7), Counter()
-    source = V9Source("127.0.0.31", 1, 1, rng)
+    collector, folder, out, dest, expected, source = one_shard_v9(collector_factory, tmp_path, "127.0.0.31", 7)
     try:
         time.sleep(1.5)                                       # idle: the shard is in its long poll
         hung = children(folder)["shard-0"]["pid"]
