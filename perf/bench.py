@@ -26,6 +26,12 @@ throughput at saturation is min(shards / receiver CPU per flow, 1 / CPU per flow
 process), the median over a row's --runs runs; scaling = that ratio 2 vs 1 shards.  On this 2-CPU box the
 sender, the shards and the workers share the CPUs, so the 2-shard rows pay for the contention (cold caches)
 that a box with a core per process would not: the model measures the per-process cost under it.
+The model reads each shard's cost where it works, so it is given twice: with the same total rate (the table's
+pmengine-N row: each of N shards gets 1/N of the traffic, sleeps N times longer between its batches and finds
+its caches colder -- the cost per flow of a shard rises as its load falls), and with the same load per shard
+(an extra row `pmengine-N xN`: N shards at N times --rate, each shard as loaded as the single one; its ratio
+column stays empty, the reference did not get that rate).  Throughput is what a loaded shard does, so
+the second is the shards 1 -> N scaling; the first is shown for comparison.
 """
 from __future__ import annotations
 
@@ -89,6 +95,7 @@ class Result:
     ring_drops: int = 0
     exporters_exact: int = 0    # exporters whose Σ bytes equals the generator's (catches misattributed flows)
     steal: float = 0.0          # share of this box's CPU time the host stole from the replay to the exit
+    load: int = 1               # the replay's rate as a multiple of --rate (pmengine-N xN: the same load per shard)
     quiet_runs: int = 1         # runs of this row within --max-steal (the median is over these) ...
     attempts: int = 1           # ... of the runs made
     notes: list = field(default_factory=list)
@@ -466,6 +473,7 @@ def format_table(rows: list[tuple[Scenario, Result, Result | None]]) -> str:
     for sc, r, ref in rows:
         ratio = f"{r.us_per_flow / ref.us_per_flow:6.2f}" if ref is not None and ref.us_per_flow else f"{'':6}"
         label = r.collector if r.workers == 1 else f"{r.collector} w{r.workers}"     # plugin_workers
+        label += f" x{r.load}" if r.load != 1 else ""
         lines.append(f"{sc.name:13} {label:14} {r.flows:8d} {r.send_rate:9,.0f} {r.startup_cpu:7.2f} "
                      f"{r.us_per_flow:8.2f} {ratio} {100 * r.bytes_kept:7.2f} {r.exporters_exact:6d} {r.rows:7d} "
                      f"{r.peak_rss / 2**20:11.1f} {r.rss_per_m_entries / 2**20:9.0f} {r.peak_pss / 2**20:7.1f} "
@@ -481,15 +489,20 @@ def capacity(r: Result) -> float:
     return min(r.shards / rec if rec > 0 else float("inf"), 1 / other)
 
 
-def scaling_model(one: Result, two: Result) -> str:
+def scaling_model(one: Result, two: Result, loaded: Result | None = None) -> str:
     """Shards 1 -> 2 by capacity(): each row's median over its runs (its components shown are the median-CPU
-    run's)."""
+    run's); `loaded`: the 2-shard row at twice the rate (the same load per shard), the scaling then read."""
     c1, c2 = one.capacity or capacity(one), two.capacity or capacity(two)
-    return (f"CPU-time model: shards 1 → {c1:,.0f} flows/s, shards 2 → {c2:,.0f} flows/s "
+    line = (f"CPU-time model: shards 1 → {c1:,.0f} flows/s, shards 2 → {c2:,.0f} flows/s "
             f"(receiver µs/flow {one.receiver_cpu / one.flows * 1e6:.2f} / {two.receiver_cpu / two.flows * 1e6:.2f}, "
             f"busiest other process {one.busiest_other_cpu / one.flows * 1e6:.2f} / "
-            f"{two.busiest_other_cpu / two.flows * 1e6:.2f}, plugin workers {one.workers} / {two.workers}): "
-            f"scaling {c2 / c1:.2f}x")
+            f"{two.busiest_other_cpu / two.flows * 1e6:.2f}, plugin workers {one.workers} / {two.workers}): ")
+    if loaded is None:
+        return line + f"scaling {c2 / c1:.2f}x"
+    c3 = loaded.capacity or capacity(loaded)
+    return (line + f"{c2 / c1:.2f}x at the same total rate; the same load per shard (2 shards at {loaded.load}x "
+            f"the rate: receiver {loaded.receiver_cpu / loaded.flows * 1e6:.2f} µs/flow, busiest other "
+            f"{loaded.busiest_other_cpu / loaded.flows * 1e6:.2f}) → {c3:,.0f} flows/s: scaling {c3 / c1:.2f}x")
 
 
 EXPORTERS = 4                   # default exporters of the generated traffic (--exporters)
@@ -504,8 +517,13 @@ def prepare(scenario: Scenario, flows: int, work: Path, sampling_rate: int,
     return load_payloads(pcap), expected
 
 
-def collectors_of(scenario: Scenario, shards: list[int]) -> list[str]:
-    return [reference_of(scenario)] + [f"pmengine-{n}" for n in shards]
+def collectors_of(scenario: Scenario, shards: list[int], rate: float = 0.0) -> list[tuple[str, int]]:
+    """(collector, load) per row: the reference and pmengine-N at --rate, then with shards 1 in the list and a
+    set rate, pmengine-N (N > 1) at N times the rate (the same load per shard: the scaling model's row)."""
+    rows = [(reference_of(scenario), 1)] + [(f"pmengine-{n}", 1) for n in shards]
+    if 1 in shards and rate > 0:
+        rows += [(f"pmengine-{n}", n) for n in shards if n > 1]
+    return rows
 
 
 def bench(scenarios: list[Scenario], flows: int, rate: float, runs: int, shards: list[int], work: Path,
@@ -515,15 +533,16 @@ def bench(scenarios: list[Scenario], flows: int, rate: float, runs: int, shards:
     for sc in scenarios:
         payloads, expected = prepare(sc, flows, work, sampling_rate, exporters)
         ref = None
-        for collector in collectors_of(sc, shards):
-            results, made = quiet_runs(lambda: run_collector(sc, collector, payloads, expected, rate, work,
+        for collector, load in collectors_of(sc, shards, rate):
+            results, made = quiet_runs(lambda: run_collector(sc, collector, payloads, expected, rate * load, work,
                                                              sampling_rate > 1, workers=workers),
                                        runs, max_steal, attempts)
             r = median_result(results)
             r.quiet_runs, r.attempts = sum(x.steal <= max_steal for x in results), made
             r.capacity = sorted(capacity(x) for x in results)[len(results) // 2]
+            r.load = load
             ref = r if ref is None else ref
-            table.append((sc, r, None if r is ref else ref))
+            table.append((sc, r, None if r is ref or load != 1 else ref))
             print(format_table([table[-1]]).splitlines()[-1], file=sys.stderr, flush=True)
     return table
 
@@ -534,7 +553,7 @@ def sweep(scenarios: list[Scenario], flows: int, shards: list[int], work: Path, 
     lines = [f"{'scenario':13} {'collector':11} {'zero-loss flows/s':>18} {'first loss at':>14}"]
     for sc in scenarios:
         payloads, expected = prepare(sc, flows, work, 1)
-        for collector in collectors_of(sc, shards):
+        for collector, _ in collectors_of(sc, shards):
             ok, bad = 0.0, None
             lo, hi = low, high
             r = run_collector(sc, collector, payloads, expected, hi, work, False, same_pipe=True, workers=workers)
@@ -596,9 +615,9 @@ def main(argv: list[str] | None = None) -> int:
           f"runs={a.runs} with at most {a.max_steal:g}% stolen; ratio = pmengine µs/flow / reference µs/flow")
     print(format_table(table))
     for sc in scenarios:
-        by = {r.collector: r for s, r, _ in table if s is sc}
-        if "pmengine-1" in by and "pmengine-2" in by:
-            print(f"{sc.name}: {scaling_model(by['pmengine-1'], by['pmengine-2'])}")
+        by = {(r.collector, r.load): r for s, r, _ in table if s is sc}
+        if ("pmengine-1", 1) in by and ("pmengine-2", 1) in by:
+            print(f"{sc.name}: {scaling_model(by['pmengine-1', 1], by['pmengine-2', 1], by.get(('pmengine-2', 2)))}")
     if a.json:
         Path(a.json).write_text(json.dumps([dict(scenario=s.name, **{k: v for k, v in vars(r).items()})
                                             for s, r, _ in table], indent=1))

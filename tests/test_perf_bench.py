@@ -24,11 +24,19 @@ def test_quick_bench_table_has_both_collectors_with_all_bytes(tmp_path):
     assert any(line.startswith("scenario") and line.split()[-2:] == ["steal%", "runs"] for line in table), proc.stdout
     assert any(line.startswith("v9-five") and " nfacctd " in line for line in table), proc.stdout
     assert any(line.startswith("v9-five") and " pmengine-1 " in line for line in table), proc.stdout
-    results = {r["collector"]: r for r in json.loads(out.read_text())}
+    rows = json.loads(out.read_text())
+    results = {r["collector"]: r for r in rows if r["load"] == 1}
     expected = json.loads((tmp_path / "work" / "v9-five.json").read_text())
     assert set(results) == {"nfacctd", "pmengine-1", "pmengine-2"}
     assert results["pmengine-2"]["workers"] == 2        # --workers auto: the 5-tuple gets one worker per shard
-    assert any(line.startswith("v9-five: CPU-time model") and "plugin workers 1 / 2" in line for line in table)
+    # the scaling model's row: 2 shards at twice the rate (the same load per shard as the 1-shard row)
+    loaded = [r for r in rows if r["load"] != 1]
+    assert [(r["collector"], r["load"]) for r in loaded] == [("pmengine-2", 2)], rows
+    assert loaded[0]["send_rate"] > 1.5 * results["pmengine-2"]["send_rate"], rows
+    assert any(line.startswith("v9-five") and " pmengine-2 w2 x2 " in line for line in table), proc.stdout
+    model = [line for line in table if line.startswith("v9-five: CPU-time model")]
+    assert model and "plugin workers 1 / 2" in model[0] and "the same load per shard" in model[0], proc.stdout
+    results["pmengine-2 x2"] = loaded[0]
     for r in results.values():
         assert r["bytes_kept"] == 1.0, r
         assert r["run_cpu"] > 0 and r["peak_rss"] > 0, r
@@ -54,6 +62,25 @@ def test_quiet_runs_rerun_stolen_runs_within_the_attempts(steals, runs, attempts
 
     results, calls = bench.quiet_runs(run, runs, 0.03, attempts)
     assert [r.steal for r in results] == kept and calls == made
+
+
+def test_rows_add_the_same_load_per_shard_row_only_with_one_shard_and_a_rate():
+    sc = bench.SCENARIOS["v9-matrix"]
+    assert bench.collectors_of(sc, [1, 2], 400_000) == [("nfacctd", 1), ("pmengine-1", 1), ("pmengine-2", 1),
+                                                        ("pmengine-2", 2)]
+    assert bench.collectors_of(sc, [1, 2, 4], 1000)[-2:] == [("pmengine-2", 2), ("pmengine-4", 4)]
+    assert bench.collectors_of(sc, [1, 2], 0) == [("nfacctd", 1), ("pmengine-1", 1), ("pmengine-2", 1)]
+    assert bench.collectors_of(bench.SCENARIOS["sflow-five"], [2], 1000) == [("sfacctd", 1), ("pmengine-2", 1)]
+
+
+def test_scaling_model_reads_the_loaded_row_when_there_is_one():
+    def row(shards, load, receiver):
+        return bench.Result(f"pmengine-{shards}", 1_000_000, receiver_cpu=receiver, busiest_other_cpu=0.01,
+                            shards=shards, load=load)
+    one, two, loaded = row(1, 1, 0.20), row(2, 1, 0.25), row(2, 2, 0.21)
+    assert bench.scaling_model(one, two).endswith("scaling 1.60x")
+    line = bench.scaling_model(one, two, loaded)
+    assert "1.60x at the same total rate" in line and line.endswith("scaling 1.90x"), line
 
 
 CHILD_BURNS = """
