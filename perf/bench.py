@@ -465,7 +465,7 @@ def quiet_runs(run, runs: int, max_steal: float, attempts: int) -> tuple[list[Re
 
 
 def format_table(rows: list[tuple[Scenario, Result, Result | None]]) -> str:
-    head = (f"{'scenario':13} {'collector':14} {'flows':>8} {'rate f/s':>9} {'start s':>7} {'µs/flow':>8} "
+    head = (f"{'scenario':13} {'collector':16} {'flows':>8} {'rate f/s':>9} {'start s':>7} {'µs/flow':>8} "
             f"{'ratio':>6} {'kept %':>7} {'exp ok':>6} {'rows':>7} {'peak RSS MB':>11} {'MB/M rows':>9} {'PSS MB':>7} "
             f"{'MB/M rows':>9} {'kdrops':>6} "
             f"{'rdrops':>6} {'steal%':>6} {'runs':>5}")
@@ -474,7 +474,7 @@ def format_table(rows: list[tuple[Scenario, Result, Result | None]]) -> str:
         ratio = f"{r.us_per_flow / ref.us_per_flow:6.2f}" if ref is not None and ref.us_per_flow else f"{'':6}"
         label = r.collector if r.workers == 1 else f"{r.collector} w{r.workers}"     # plugin_workers
         label += f" x{r.load}" if r.load != 1 else ""
-        lines.append(f"{sc.name:13} {label:14} {r.flows:8d} {r.send_rate:9,.0f} {r.startup_cpu:7.2f} "
+        lines.append(f"{sc.name:13} {label:16} {r.flows:8d} {r.send_rate:9,.0f} {r.startup_cpu:7.2f} "
                      f"{r.us_per_flow:8.2f} {ratio} {100 * r.bytes_kept:7.2f} {r.exporters_exact:6d} {r.rows:7d} "
                      f"{r.peak_rss / 2**20:11.1f} {r.rss_per_m_entries / 2**20:9.0f} {r.peak_pss / 2**20:7.1f} "
                      f"{r.pss_per_m_entries / 2**20:9.0f} {r.kernel_drops:6d} "

@@ -1,0 +1,160 @@
+"""Saturated throughput with the sender out of the way: queue a whole replay on a stopped pmengine, then time its
+shards draining it.
+
+    python3 perf/drain.py --scenario v9-matrix --flows 1200000 --shards 1,2 --runs 3 --exporters 16
+
+Per run: start pmengine (print plugin, the scenario's aggregate, as perf/bench.py) with socket receive buffers
+that hold the whole replay (nfacctd_pipe_size, forced past rmem_max as root), wait until it listens and is
+quiet, SIGSTOP its supervisor and shards (by PID: processes this script started), replay the pcap as fast as
+the sender goes, then SIGCONT the shards and poll each socket's queue (/proc/net/udp rx_queue) every 0.5 ms
+until all are empty; SIGCONT the supervisor (its hang watch then finds the shards beating again), stop it,
+check every byte reached the output.  While the shards drain, nothing else of the bench runs: every receive
+comes back full and no shard sleeps, so this is the receivers' throughput at saturation -- the sender "runs
+elsewhere" in time.  The exporters' source ports pick the shard (SO_REUSEPORT), so a few exporters can load
+the shards unevenly: the wall time is the slowest shard's, and the CPU model (shards / Σ shard CPU per flow,
+a core per shard) does not depend on the spread.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import (REPO, SCENARIOS, cpu_seconds, csv_totals, free_port, prepare, print_conf, tree,  # noqa: E402
+                   udp_sockets, wait_listening, wait_quiet, wait_with_timeout, workers_for)
+from phases import names  # noqa: E402
+from replay import send  # noqa: E402
+
+POLL_S = 0.0005
+DRAIN_TIMEOUT_S = 60.0
+
+
+def socket_queues(port: int) -> dict[str, int]:
+    """Bytes queued per UDP socket bound to `port` (inode -> rx_queue of /proc/net/udp{,6})."""
+    out = {}
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if int(cols[1].rsplit(":", 1)[1], 16) == port:
+                out[cols[9]] = int(cols[4].split(":")[1], 16)
+    return out
+
+
+def buffer_for(payloads: list) -> int:
+    """A receive buffer that holds the whole replay in one socket: the kernel charges a datagram ~2x its payload
+    + ~0.6 KiB (engine/shards/gather.py); half as much again to spare."""
+    charged = sum(2 * len(p) + 640 for _, p in payloads)
+    return min(1 << 31, int(1.5 * charged) + (8 << 20))
+
+
+def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path) -> dict:
+    port = free_port()
+    out = work / f"drain-{shards}.csv"
+    out.unlink(missing_ok=True)
+    conf = print_conf(scenario, "pmengine", port, out, False, shards, workers=workers_for(scenario, shards, "auto"))
+    prefix = "sfacctd" if scenario.protocol == "sflow" else "nfacctd"
+    conf = conf.replace(f"{prefix}_pipe_size: 8388608", f"{prefix}_pipe_size: {buffer_for(payloads)}")
+    (work / "drain.conf").write_text(conf)
+    log = open(work / f"drain-{shards}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "start", "--shards", str(shards), "-f",
+                             str(work / "drain.conf")], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    stopped: list[int] = []
+    try:
+        wait_listening(proc, port, shards)
+        wait_quiet(proc.pid)
+        shard_pids = [p for p, n in names(proc.pid).items() if n.startswith("shard-")]
+        assert len(shard_pids) == shards, names(proc.pid)
+        for pid in [proc.pid] + shard_pids:             # the supervisor first: no hang watch while they stop
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+        report = send(payloads, ("127.0.0.1", port), 0)
+        time.sleep(0.2)                                 # the loopback's last datagrams reach the queues
+        queued, drops = socket_queues(port), udp_sockets(port)[1]
+        before = {p: cpu_seconds(p) or 0.0 for p in shard_pids}
+        t0 = time.monotonic()
+        for pid in shard_pids:
+            os.kill(pid, signal.SIGCONT)
+        emptied: dict[str, float] = {}
+        while len(emptied) < len(queued) and time.monotonic() - t0 < DRAIN_TIMEOUT_S:
+            now = time.monotonic()
+            for inode, left in socket_queues(port).items():
+                if left == 0 and inode not in emptied:
+                    emptied[inode] = now - t0
+            time.sleep(POLL_S)
+        shard_cpu = sum((cpu_seconds(p) or 0.0) - before[p] for p in shard_pids)
+        os.kill(proc.pid, signal.SIGCONT)
+        stopped.clear()
+        time.sleep(1.0)                                 # the rings drain into the plugin
+        proc.send_signal(signal.SIGTERM)
+        wait_with_timeout(proc, 60)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        log.close()
+    time.sleep(0.3)
+    _, got, _ = csv_totals(out)
+    flows = expected["flows"]
+    wall = max(emptied.values()) if len(emptied) == len(queued) and emptied else float("nan")
+    return dict(shards=shards, sent=report.packets, queued=[queued[k] for k in sorted(queued)],
+                drained_s=[emptied.get(k, float("nan")) for k in sorted(queued)], wall=wall,
+                flows_per_s=flows / wall, shard_us_per_flow=shard_cpu / flows * 1e6,
+                cpu_model=shards * flows / shard_cpu if shard_cpu > 0 else 0.0, kernel_drops=drops,
+                kept=got / expected["bytes"] if expected["bytes"] else 0.0)
+
+
+def format_run(r: dict) -> str:
+    return (f"{r['shards']:6d} {'/'.join(f'{q / 2**20:.0f}' for q in r['queued']):>16} "
+            f"{'/'.join(f'{d * 1e3:.0f}' for d in r['drained_s']):>14} {r['flows_per_s']:12,.0f} "
+            f"{r['shard_us_per_flow']:9.3f} {r['cpu_model']:12,.0f} {r['kernel_drops']:6d} {100 * r['kept']:7.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", default="v9-matrix", choices=sorted(SCENARIOS))
+    ap.add_argument("--flows", type=int, default=1_200_000)
+    ap.add_argument("--shards", default="1,2")
+    ap.add_argument("--runs", type=int, default=3, help="runs per shard count, interleaved; medians reported")
+    ap.add_argument("--exporters", type=int, default=16, help="more exporters spread evenlier over the shards")
+    a = ap.parse_args(argv)
+    sc = SCENARIOS[a.scenario]
+    shard_counts = [int(s) for s in a.shards.split(",")]
+    with tempfile.TemporaryDirectory(prefix="pmdrain-") as tmp:
+        work = Path(tmp)
+        payloads, expected = prepare(sc, a.flows, work, 1, a.exporters)
+        print(f"{sc.name}: {expected['flows']} flows in {expected['datagrams']} datagrams from {a.exporters} "
+              f"exporters, queued on stopped shards, then drained; {os.cpu_count()} CPUs")
+        print(f"{'shards':>6} {'MiB per socket':>16} {'drained ms':>14} {'wall flows/s':>12} {'shard µs':>9} "
+              f"{'CPU model':>12} {'kdrops':>6} {'kept %':>7}")
+        runs: dict[int, list[dict]] = {n: [] for n in shard_counts}
+        for _ in range(a.runs):
+            for n in shard_counts:                      # interleaved: the host's drift hits every count alike
+                r = drain_run(sc, n, payloads, expected, work)
+                runs[n].append(r)
+                print(format_run(r), flush=True)
+    med = {n: (statistics.median(r["flows_per_s"] for r in rs), statistics.median(r["cpu_model"] for r in rs),
+               statistics.median(r["shard_us_per_flow"] for r in rs)) for n, rs in runs.items()}
+    base = med[shard_counts[0]]
+    for n in shard_counts:
+        wall, model, us = med[n]
+        print(f"shards {n}: median wall {wall:,.0f} flows/s, shard CPU {us:.3f} µs/flow, CPU model {model:,.0f} "
+              f"flows/s; vs shards {shard_counts[0]}: wall {wall / base[0]:.2f}x, CPU model {model / base[1]:.2f}x")
+    ok = all(r["kept"] == 1.0 and r["kernel_drops"] == 0 for rs in runs.values() for r in rs)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
