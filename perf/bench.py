@@ -181,20 +181,22 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
-def udp_sockets(port: int) -> tuple[set[str], int]:
-    """(socket inodes, Σ drops) of the UDP sockets bound to local `port`."""
-    inodes, drops = set(), 0
+def udp_rows(port: int) -> list[list[str]]:
+    """The rows of /proc/net/udp{,6} (split into columns) of the UDP sockets bound to local `port`."""
+    rows = []
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             lines = open(table).read().splitlines()[1:]
         except OSError:
             continue
-        for line in lines:
-            cols = line.split()
-            if int(cols[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(cols[9])
-                drops += int(cols[-1])
-    return inodes, drops
+        rows += [cols for cols in map(str.split, lines) if int(cols[1].rsplit(":", 1)[1], 16) == port]
+    return rows
+
+
+def udp_sockets(port: int) -> tuple[set[str], int]:
+    """(socket inodes, Σ drops) of the UDP sockets bound to local `port`."""
+    rows = udp_rows(port)
+    return {cols[9] for cols in rows}, sum(int(cols[-1]) for cols in rows)
 
 
 def holds_socket(pid: int, inodes: set[str]) -> bool:

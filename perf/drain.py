@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import (REPO, SCENARIOS, cpu_seconds, csv_totals, free_port, prepare, print_conf, tree,  # noqa: E402
-                   udp_sockets, wait_listening, wait_quiet, wait_with_timeout, workers_for)
+from bench import (REPO, SCENARIOS, cpu_seconds, csv_totals, free_port, prepare, print_conf,  # noqa: E402
+                   udp_rows, udp_sockets, wait_listening, wait_quiet, wait_with_timeout, workers_for)
 from phases import names  # noqa: E402
 from replay import send  # noqa: E402
 
@@ -37,18 +37,8 @@ DRAIN_TIMEOUT_S = 60.0
 
 
 def socket_queues(port: int) -> dict[str, int]:
-    """Bytes queued per UDP socket bound to `port` (inode -> rx_queue of /proc/net/udp{,6})."""
-    out = {}
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = open(table).read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if int(cols[1].rsplit(":", 1)[1], 16) == port:
-                out[cols[9]] = int(cols[4].split(":")[1], 16)
-    return out
+    """Bytes queued per UDP socket bound to `port`: inode -> rx_queue."""
+    return {cols[9]: int(cols[4].split(":")[1], 16) for cols in udp_rows(port)}
 
 
 def buffer_for(payloads: list) -> int:
