@@ -4,14 +4,14 @@ shards draining it.
     python3 perf/drain.py --scenario v9-matrix --flows 1200000 --shards 1,2 --runs 3 --exporters 16
 
 Per run: start pmengine (print plugin, the scenario's aggregate, as perf/bench.py) with socket receive buffers
-that hold the whole replay (nfacctd_pipe_size, forced past rmem_max as root), wait until it listens and is
-quiet, SIGSTOP its supervisor and shards (by PID: processes this script started), replay the pcap as fast as
-the sender goes, then SIGCONT the shards and poll each socket's queue (/proc/net/udp rx_queue) every 0.5 ms
-until all are empty; SIGCONT the supervisor (its hang watch then finds the shards beating again), stop it,
-check every byte reached the output.  While the shards drain, nothing else of the bench runs: every receive
-comes back full and no shard sleeps, so this is the receivers' throughput at saturation -- the sender "runs
-elsewhere" in time.  The exporters' source ports pick the shard (SO_REUSEPORT), so a few exporters can load
-the shards unevenly: the wall time is the slowest shard's, and the CPU model (shards / Σ shard CPU per flow,
+that hold the whole replay (nfacctd_pipe_size, forced past rmem_max as root), wait until it listens and is quiet,
+SIGSTOP its supervisor and shards (by PID: processes this script started), replay the pcap as fast as the sender
+goes, then SIGCONT the shards and poll each socket's queue (/proc/net/udp rx_queue) every 0.5 ms until all are
+empty; SIGCONT the supervisor (its hang watch then finds the shards beating again; a shard it restarted anyway is
+counted), stop it, check every byte reached the output. While the shards drain, nothing else of the bench runs:
+every receive comes back full and no shard sleeps, so this is the receivers' throughput at saturation -- the
+sender "runs elsewhere" in time. The exporters' source ports pick the shard (SO_REUSEPORT), so a few exporters can
+load the shards unevenly: the wall time is the slowest shard's, and the CPU model (shards / Σ shard CPU per flow,
 a core per shard) does not depend on the spread.
 """
 from __future__ import annotations
@@ -86,6 +86,7 @@ def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path)
         os.kill(proc.pid, signal.SIGCONT)
         stopped.clear()
         time.sleep(1.0)                                 # the rings drain into the plugin
+        restarted = len({p for p, n in names(proc.pid).items() if n.startswith("shard-")} - set(shard_pids))
         proc.send_signal(signal.SIGTERM)
         wait_with_timeout(proc, 60)
     finally:
@@ -102,14 +103,15 @@ def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path)
     return dict(shards=shards, sent=report.packets, queued=[queued[k] for k in sorted(queued)],
                 drained_s=[emptied.get(k, float("nan")) for k in sorted(queued)], wall=wall,
                 flows_per_s=flows / wall, shard_us_per_flow=shard_cpu / flows * 1e6,
-                cpu_model=shards * flows / shard_cpu if shard_cpu > 0 else 0.0, kernel_drops=drops,
+                cpu_model=shards * flows / shard_cpu if shard_cpu > 0 else 0.0, kernel_drops=drops, restarted=restarted,
                 kept=got / expected["bytes"] if expected["bytes"] else 0.0)
 
 
 def format_run(r: dict) -> str:
     return (f"{r['shards']:6d} {'/'.join(f'{q / 2**20:.0f}' for q in r['queued']):>16} "
             f"{'/'.join(f'{d * 1e3:.0f}' for d in r['drained_s']):>14} {r['flows_per_s']:12,.0f} "
-            f"{r['shard_us_per_flow']:9.3f} {r['cpu_model']:12,.0f} {r['kernel_drops']:6d} {100 * r['kept']:7.2f}")
+            f"{r['shard_us_per_flow']:9.3f} {r['cpu_model']:12,.0f} {r['restarted']:8d} {r['kernel_drops']:6d} "
+            f"{100 * r['kept']:7.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{sc.name}: {expected['flows']} flows in {expected['datagrams']} datagrams from {a.exporters} "
               f"exporters, queued on stopped shards, then drained; {os.cpu_count()} CPUs")
         print(f"{'shards':>6} {'MiB per socket':>16} {'drained ms':>14} {'wall flows/s':>12} {'shard µs':>9} "
-              f"{'CPU model':>12} {'kdrops':>6} {'kept %':>7}")
+              f"{'CPU model':>12} {'restarts':>8} {'kdrops':>6} {'kept %':>7}")
         runs: dict[int, list[dict]] = {n: [] for n in shard_counts}
         for _ in range(a.runs):
             for n in shard_counts:                      # interleaved: the host's drift hits every count alike
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         wall, model, us = med[n]
         print(f"shards {n}: median wall {wall:,.0f} flows/s, shard CPU {us:.3f} µs/flow, CPU model {model:,.0f} "
               f"flows/s; vs shards {shard_counts[0]}: wall {wall / base[0]:.2f}x, CPU model {model / base[1]:.2f}x")
-    ok = all(r["kept"] == 1.0 and r["kernel_drops"] == 0 for rs in runs.values() for r in rs)
+    ok = all(r["kept"] == 1.0 and r["kernel_drops"] == 0 and not r["restarted"] for rs in runs.values() for r in rs)
     return 0 if ok else 1
 
 

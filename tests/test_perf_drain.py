@@ -17,7 +17,7 @@ def test_drain_queues_a_replay_on_stopped_shards_and_keeps_every_byte(tmp_path):
     rows = [line.split() for line in lines if line.split() and line.split()[0] in ("1", "2")]
     assert [r[0] for r in rows] == ["1", "2"], proc.stdout
     for r in rows:
-        assert r[-1] == "100.00" and r[-2] == "0", proc.stdout                  # kept %, kernel drops
+        assert r[-1] == "100.00" and r[-2] == "0" and r[-3] == "0", proc.stdout  # kept %, kernel drops, restarts
         assert len(r[1].split("/")) == int(r[0]), proc.stdout                   # a queue per shard
         assert sum(int(q) for q in r[1].split("/")) >= 1, proc.stdout           # the replay was queued (MiB)
     assert any(line.startswith("shards 2: median wall") and "CPU model" in line for line in lines), proc.stdout
