@@ -280,12 +280,12 @@ def workers_for(scenario: Scenario, shards: int, workers: str) -> int:
 
 
 def print_conf(scenario: Scenario, daemon: str, port: int, out: Path, renormalize: bool,
-               shards: int = 1, same_pipe: bool = False, workers: int = 1) -> str:
+               shards: int = 1, same_pipe: bool = False, workers: int = 1, socket_buffer: int = 8 << 20) -> str:
     """The collector's config; same_pipe: pmengine's rings (one per shard) hold REFERENCE_PIPE bytes in all,
     like the reference's one pipe (the zero-loss sweep compares the same buffering; the CPU/memory table
-    runs pmengine with its default rings)."""
+    runs pmengine with its default rings); socket_buffer: each UDP socket's receive buffer (*_pipe_size)."""
     prefix = "sfacctd" if scenario.protocol == "sflow" else "nfacctd"
-    conf = (f"{prefix}_port: {port}\n{prefix}_ip: 127.0.0.1\n{prefix}_pipe_size: 8388608\n"
+    conf = (f"{prefix}_port: {port}\n{prefix}_ip: 127.0.0.1\n{prefix}_pipe_size: {socket_buffer}\n"
             f"plugins: print[p]\naggregate: {AGGREGATES[scenario.aggregate]}\nprint_output: csv\n"
             f"print_output_file: {out}\nprint_output_file_append: true\nprint_refresh_time: 3600\n")
     if renormalize:

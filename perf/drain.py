@@ -48,13 +48,17 @@ def buffer_for(payloads: list) -> int:
     return min(1 << 31, int(1.5 * charged) + (8 << 20))
 
 
+def shards_of(root: int) -> set[int]:
+    """The PIDs of the shards of the pmengine whose supervisor is `root`."""
+    return {pid for pid, name in names(root).items() if name.startswith("shard-")}
+
+
 def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path) -> dict:
     port = free_port()
     out = work / f"drain-{shards}.csv"
     out.unlink(missing_ok=True)
-    conf = print_conf(scenario, "pmengine", port, out, False, shards, workers=workers_for(scenario, shards, "auto"))
-    prefix = "sfacctd" if scenario.protocol == "sflow" else "nfacctd"
-    conf = conf.replace(f"{prefix}_pipe_size: 8388608", f"{prefix}_pipe_size: {buffer_for(payloads)}")
+    conf = print_conf(scenario, "pmengine", port, out, False, shards, workers=workers_for(scenario, shards, "auto"),
+                      socket_buffer=buffer_for(payloads))
     (work / "drain.conf").write_text(conf)
     log = open(work / f"drain-{shards}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "start", "--shards", str(shards), "-f",
@@ -63,9 +67,9 @@ def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path)
     try:
         wait_listening(proc, port, shards)
         wait_quiet(proc.pid)
-        shard_pids = [p for p, n in names(proc.pid).items() if n.startswith("shard-")]
+        shard_pids = shards_of(proc.pid)
         assert len(shard_pids) == shards, names(proc.pid)
-        for pid in [proc.pid] + shard_pids:             # the supervisor first: no hang watch while they stop
+        for pid in [proc.pid, *shard_pids]:             # the supervisor first: no hang watch while they stop
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
         report = send(payloads, ("127.0.0.1", port), 0)
@@ -86,7 +90,7 @@ def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path)
         os.kill(proc.pid, signal.SIGCONT)
         stopped.clear()
         time.sleep(1.0)                                 # the rings drain into the plugin
-        restarted = len({p for p, n in names(proc.pid).items() if n.startswith("shard-")} - set(shard_pids))
+        restarted = len(shards_of(proc.pid) - shard_pids)
         proc.send_signal(signal.SIGTERM)
         wait_with_timeout(proc, 60)
     finally:
