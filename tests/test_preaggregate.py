@@ -101,9 +101,28 @@ def test_high_cardinality_batches_are_left_alone_for_a_while():
     folder = PreAggregator(fold_spec(cfg, cfg.plugins[0]))
     batch = records(3000, 1 << 30, 5)       # every record its own key
     assert folder.fold(batch) is batch
-    assert folder.skip > 0
+    assert folder.skip_rows == preaggregate.SKIP_BATCHES * 3000
     assert folder.fold(records(3000, 2, 6)).size == 3000    # skipped, even though this one would fold
     assert folder.fold(records(JUDGE_FROM - 1, 2, 7)).size == JUDGE_FROM - 1    # too small to bother
+    for seed in range(preaggregate.SKIP_BATCHES - 1):       # skipped for SKIP_BATCHES times its records in all
+        assert folder.fold(records(3000, 2, 100 + seed)).size == 3000
+    assert folder.fold(records(3000, 2, 8)).size < 3000     # then tried again
+
+
+def test_a_small_batch_that_did_not_fold_does_not_stop_a_big_one():
+    """Low traffic gives small batches, whose keys are mostly distinct; the burst that follows must fold at once
+    (written raw, 32 batches of it would flood the plugin's ring)."""
+    cfg = config("plugins: print[p]\naggregate: peer_src_ip, in_iface, out_iface, src_as, dst_as\n")
+    folder = PreAggregator(fold_spec(cfg, cfg.plugins[0]))
+    small = records(1200, 3, 9)
+    small["in_iface"] = np.arange(1200)         # every record of this small batch its own key
+    assert folder.fold(small) is small and folder.skip_rows > 0
+    same_size = records(1200, 2, 10)
+    assert folder.fold(same_size) is same_size            # a batch no bigger: still skipped
+    big = records(30000, 3, 11)
+    assert len(folder.fold(big)) <= 3 ** 5                # more than twice as big: folded right away (5 key
+                                                          # columns of 3 values each)
+    assert folder.skip_rows == 0
 
 
 @pytest.mark.parametrize("extra", [

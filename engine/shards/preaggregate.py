@@ -42,7 +42,10 @@ from .fold_tables import RECORD_WORDS, ROUNDS, KeyDictionary, _candidates, _diff
 SUMMED = ("packets", "bytes", "flows")
 WORTH_IT = 0.5          # fold while a batch shrinks to at most this share of its records
 JUDGE_FROM = 1024       # smaller batches are written as they are, and say nothing about the next ones
-SKIP_BATCHES = 32       # batches written as they are after one that did not shrink enough, before trying again
+SKIP_BATCHES = 32       # after a batch that did not shrink enough, this many times its records are written as they
+                        # are before trying again -- but a batch more than GROWN times its size is tried at once: a
+                        # small batch shows more distinct keys per record than a big one of the same traffic
+GROWN = 2
 DICTIONARY_PAUSE = 16   # batches folded without the dictionary after one where it knew at most half the rows
 
 
@@ -131,7 +134,8 @@ class PreAggregator:
         self.spec = spec
         self.plan = WordPlan.create(spec)
         self.known = KeyDictionary(self.plan.key_rows)
-        self.skip = 0
+        self.skip_rows = 0              # records still to write as they are before trying to fold again
+        self.failed_size = 0            # records of the last batch that did not shrink enough
         self.paused = 0                 # batches left to fold without the dictionary
         self._columns = np.zeros((len(self.plan.words), 0), dtype=np.uint64)    # buffers, grown as needed
         self._scratch = np.zeros(0, dtype=np.uint64)
@@ -169,9 +173,10 @@ class PreAggregator:
         n = len(records)
         if n < JUDGE_FROM:
             return records
-        if self.skip:
-            self.skip -= 1
+        if self.skip_rows > 0 and n <= GROWN * self.failed_size:
+            self.skip_rows -= n
             return records
+        self.skip_rows = 0
         records = np.ascontiguousarray(records)
         columns = self.columns(records)
         keys = columns[:self.plan.key_rows]
@@ -189,14 +194,18 @@ class PreAggregator:
         if rows is not None:
             templates = self._place(records, keys, h, group, rows)
             if templates is None:
-                self.skip = SKIP_BATCHES
+                self._failed(n)
                 return records
         out = self._output(records, columns, group, templates)
         if self.known.full:
             self.known.clear()
         if len(out) > WORTH_IT * n:
-            self.skip = SKIP_BATCHES
+            self._failed(n)
         return out
+
+    def _failed(self, n: int) -> None:
+        """A batch of n records did not shrink enough: write the next ones as they are for a while."""
+        self.skip_rows, self.failed_size = SKIP_BATCHES * n, n
 
     def _place(self, records: np.ndarray, keys: np.ndarray, h: np.ndarray, group: np.ndarray,
                rows: np.ndarray) -> Optional[np.ndarray]:
