@@ -6,13 +6,21 @@ shards draining it.
 Per run: start pmengine (print plugin, the scenario's aggregate, as perf/bench.py) with socket receive buffers
 that hold the whole replay (nfacctd_pipe_size, forced past rmem_max as root), wait until it listens and is quiet,
 SIGSTOP its supervisor and shards (by PID: processes this script started), replay the pcap as fast as the sender
-goes, then SIGCONT the shards and poll each socket's queue (/proc/net/udp rx_queue) every 0.5 ms until all are
-empty; SIGCONT the supervisor (its hang watch then finds the shards beating again; a shard it restarted anyway is
-counted), stop it, check every byte reached the output. While the shards drain, nothing else of the bench runs:
-every receive comes back full and no shard sleeps, so this is the receivers' throughput at saturation -- the
-sender "runs elsewhere" in time. The exporters' source ports pick the shard (SO_REUSEPORT), so a few exporters can
-load the shards unevenly: the wall time is the slowest shard's, and the CPU model (shards / Σ shard CPU per flow,
-a core per shard) does not depend on the spread.
+goes, then SIGCONT the shards and poll each socket's queue (/proc/net/udp rx_queue) every 2 ms until all are
+empty. That is done twice: first with a small warm-up replay, unmeasured (a shard's first full batches fault in
+its receive slots and batch buffers: the kernel clearing pages, a one-off cost that a cold drain charges twice as
+often to 2 shards as to 1), then with the measured one. Then SIGCONT the supervisor (its hang watch then finds
+the shards beating again; a shard it restarted anyway is counted), stop it, check every byte reached the output.
+While the shards drain, nothing else of the bench runs: every receive comes back full and no shard sleeps, so
+this is the receivers' throughput at saturation -- the sender "runs elsewhere" in time. The exporters' source
+ports pick the shard (SO_REUSEPORT), so a few exporters can load the shards unevenly: the wall time is the
+slowest shard's, and the CPU model (shards / Σ shard CPU per flow, a core per shard) does not depend on the
+spread.
+
+Besides the shards' CPU per flow, a run reports the part of it spent in the kernel (stime ticks) and the whole
+machine's busy CPU per flow (/proc/stat): with one shard the kernel frees the drained datagrams partly on the
+other, idle CPU (skb_attempt_defer_free, which hands a buffer back to the CPU that allocated it), work that
+counts for no shard; with two, both CPUs are shards'.
 """
 from __future__ import annotations
 
@@ -32,13 +40,29 @@ from bench import (REPO, SCENARIOS, cpu_seconds, csv_totals, free_port, prepare,
 from phases import names  # noqa: E402
 from replay import send  # noqa: E402
 
-POLL_S = 0.0005
+POLL_S = 0.002          # the queues' poll: ~1% of a 200 ms drain; faster polls take CPU the shards need
 DRAIN_TIMEOUT_S = 60.0
 
 
 def socket_queues(port: int) -> dict[str, int]:
     """Bytes queued per UDP socket bound to `port`: inode -> rx_queue."""
     return {cols[9]: int(cols[4].split(":")[1], 16) for cols in udp_rows(port)}
+
+
+def machine_busy() -> float:
+    """CPU seconds all CPUs of the machine spent busy so far (/proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def kernel_seconds(pid: int) -> float:
+    """CPU seconds a process spent in the kernel (/proc/PID/stat stime: 10 ms ticks), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[12]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def buffer_for(payloads: list) -> int:
@@ -53,12 +77,17 @@ def shards_of(root: int) -> set[int]:
     return {pid for pid, name in names(root).items() if name.startswith("shard-")}
 
 
-def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path) -> dict:
+def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path,
+              warmup: tuple[list, dict] | None = None) -> dict:
+    """One run; with warmup (payloads, expected totals), those are queued and drained first, unmeasured: the
+    shards' first full batches fault in their receive slots and batch buffers (kernel page clearing, ~10% of
+    a cold drain), which a collector pays once, not per flow."""
     port = free_port()
     out = work / f"drain-{shards}.csv"
     out.unlink(missing_ok=True)
+    every = payloads + (warmup[0] if warmup else [])
     conf = print_conf(scenario, "pmengine", port, out, False, shards, workers=workers_for(scenario, shards, "auto"),
-                      socket_buffer=buffer_for(payloads))
+                      socket_buffer=buffer_for(max(payloads, warmup[0] if warmup else [], key=len)))
     (work / "drain.conf").write_text(conf)
     log = open(work / f"drain-{shards}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "start", "--shards", str(shards), "-f",
@@ -69,24 +98,11 @@ def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path)
         wait_quiet(proc.pid)
         shard_pids = shards_of(proc.pid)
         assert len(shard_pids) == shards, names(proc.pid)
-        for pid in [proc.pid, *shard_pids]:             # the supervisor first: no hang watch while they stop
-            os.kill(pid, signal.SIGSTOP)
-            stopped.append(pid)
-        report = send(payloads, ("127.0.0.1", port), 0)
-        time.sleep(0.2)                                 # the loopback's last datagrams reach the queues
-        queued, drops = socket_queues(port), udp_sockets(port)[1]
-        before = {p: cpu_seconds(p) or 0.0 for p in shard_pids}
-        t0 = time.monotonic()
-        for pid in shard_pids:
-            os.kill(pid, signal.SIGCONT)
-        emptied: dict[str, float] = {}
-        while len(emptied) < len(queued) and time.monotonic() - t0 < DRAIN_TIMEOUT_S:
-            now = time.monotonic()
-            for inode, left in socket_queues(port).items():
-                if left == 0 and inode not in emptied:
-                    emptied[inode] = now - t0
-            time.sleep(POLL_S)
-        shard_cpu = sum((cpu_seconds(p) or 0.0) - before[p] for p in shard_pids)
+        os.kill(proc.pid, signal.SIGSTOP)               # the supervisor first: no hang watch while they stop
+        stopped.append(proc.pid)
+        if warmup:
+            _queue_and_drain(warmup[0], port, shard_pids, stopped)
+        queued, drops, emptied, shard_cpu, kernel, machine = _queue_and_drain(payloads, port, shard_pids, stopped)
         os.kill(proc.pid, signal.SIGCONT)
         stopped.clear()
         time.sleep(1.0)                                 # the rings drain into the plugin
@@ -103,18 +119,54 @@ def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path)
     time.sleep(0.3)
     _, got, _ = csv_totals(out)
     flows = expected["flows"]
+    sent_bytes = expected["bytes"] + (warmup[1]["bytes"] if warmup else 0)
     wall = max(emptied.values()) if len(emptied) == len(queued) and emptied else float("nan")
-    return dict(shards=shards, sent=report.packets, queued=[queued[k] for k in sorted(queued)],
+    return dict(shards=shards, sent=len(every), queued=[queued[k] for k in sorted(queued)],
                 drained_s=[emptied.get(k, float("nan")) for k in sorted(queued)], wall=wall,
                 flows_per_s=flows / wall, shard_us_per_flow=shard_cpu / flows * 1e6,
-                cpu_model=shards * flows / shard_cpu if shard_cpu > 0 else 0.0, kernel_drops=drops, restarted=restarted,
-                kept=got / expected["bytes"] if expected["bytes"] else 0.0)
+                cpu_model=shards * flows / shard_cpu if shard_cpu > 0 else 0.0, kernel_share=kernel / shard_cpu
+                if shard_cpu > 0 else 0.0, machine_us_per_flow=machine / flows * 1e6, kernel_drops=drops,
+                restarted=restarted,
+                kept=got / sent_bytes if sent_bytes else 0.0)
+
+
+def _queue_and_drain(payloads: list, port: int, shard_pids: set[int], stopped: list[int]
+                     ) -> tuple[dict[str, int], int, dict[str, float], float, float, float]:
+    """Stop the shards, replay `payloads` into their queues, continue them and poll the queues until all are
+    empty.  Returns the bytes queued per socket, the kernel's drops so far, each socket's drain time (s), and
+    while they drained: the shards' CPU seconds, the part of it in the kernel, and the whole machine's busy CPU
+    seconds (the kernel's work elsewhere, e.g. freeing the datagrams on the CPU that received them, the
+    plugin, this poll)."""
+    for pid in shard_pids:
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+    send(payloads, ("127.0.0.1", port), 0)
+    time.sleep(0.2)                                     # the loopback's last datagrams reach the queues
+    queued, drops = socket_queues(port), udp_sockets(port)[1]
+    before = {p: cpu_seconds(p) or 0.0 for p in shard_pids}
+    kernel_before = sum(kernel_seconds(p) for p in shard_pids)
+    machine_before = machine_busy()
+    t0 = time.monotonic()
+    for pid in shard_pids:
+        os.kill(pid, signal.SIGCONT)
+        stopped.remove(pid)
+    emptied: dict[str, float] = {}
+    while len(emptied) < len(queued) and time.monotonic() - t0 < DRAIN_TIMEOUT_S:
+        now = time.monotonic()
+        for inode, left in socket_queues(port).items():
+            if left == 0 and inode not in emptied:
+                emptied[inode] = now - t0
+        time.sleep(POLL_S)
+    machine = machine_busy() - machine_before
+    kernel = sum(kernel_seconds(p) for p in shard_pids) - kernel_before
+    return queued, drops, emptied, sum((cpu_seconds(p) or 0.0) - before[p] for p in shard_pids), kernel, machine
 
 
 def format_run(r: dict) -> str:
     return (f"{r['shards']:6d} {'/'.join(f'{q / 2**20:.0f}' for q in r['queued']):>16} "
             f"{'/'.join(f'{d * 1e3:.0f}' for d in r['drained_s']):>14} {r['flows_per_s']:12,.0f} "
-            f"{r['shard_us_per_flow']:9.3f} {r['cpu_model']:12,.0f} {r['restarted']:8d} {r['kernel_drops']:6d} "
+            f"{r['shard_us_per_flow']:9.3f} {100 * r['kernel_share']:7.0f} {r['machine_us_per_flow']:10.3f} "
+            f"{r['cpu_model']:12,.0f} {r['restarted']:8d} {r['kernel_drops']:6d} "
             f"{100 * r['kept']:7.2f}")
 
 
@@ -125,29 +177,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", default="1,2")
     ap.add_argument("--runs", type=int, default=3, help="runs per shard count, interleaved; medians reported")
     ap.add_argument("--exporters", type=int, default=16, help="more exporters spread evenlier over the shards")
+    ap.add_argument("--warmup", type=int, default=200_000,
+                    help="flows queued and drained first in every run, not measured (0: none)")
     a = ap.parse_args(argv)
     sc = SCENARIOS[a.scenario]
     shard_counts = [int(s) for s in a.shards.split(",")]
     with tempfile.TemporaryDirectory(prefix="pmdrain-") as tmp:
         work = Path(tmp)
         payloads, expected = prepare(sc, a.flows, work, 1, a.exporters)
+        warmup = None
+        if a.warmup:
+            (work / "warmup").mkdir()
+            warmup = prepare(sc, a.warmup, work / "warmup", 1, a.exporters)
         print(f"{sc.name}: {expected['flows']} flows in {expected['datagrams']} datagrams from {a.exporters} "
-              f"exporters, queued on stopped shards, then drained; {os.cpu_count()} CPUs")
+              f"exporters, queued on stopped shards, then drained (after {a.warmup} flows the same way, unmeasured); "
+              f"{os.cpu_count()} CPUs")
         print(f"{'shards':>6} {'MiB per socket':>16} {'drained ms':>14} {'wall flows/s':>12} {'shard µs':>9} "
-              f"{'CPU model':>12} {'restarts':>8} {'kdrops':>6} {'kept %':>7}")
+              f"{'kernel%':>7} {'machine µs':>10} {'CPU model':>12} {'restarts':>8} {'kdrops':>6} {'kept %':>7}")
         runs: dict[int, list[dict]] = {n: [] for n in shard_counts}
         for _ in range(a.runs):
             for n in shard_counts:                      # interleaved: the host's drift hits every count alike
-                r = drain_run(sc, n, payloads, expected, work)
+                r = drain_run(sc, n, payloads, expected, work, warmup)
                 runs[n].append(r)
                 print(format_run(r), flush=True)
-    med = {n: (statistics.median(r["flows_per_s"] for r in rs), statistics.median(r["cpu_model"] for r in rs),
-               statistics.median(r["shard_us_per_flow"] for r in rs)) for n, rs in runs.items()}
+    med = {n: {k: statistics.median(r[k] for r in rs)
+               for k in ("flows_per_s", "cpu_model", "shard_us_per_flow", "kernel_share", "machine_us_per_flow")}
+           for n, rs in runs.items()}
     base = med[shard_counts[0]]
     for n in shard_counts:
-        wall, model, us = med[n]
-        print(f"shards {n}: median wall {wall:,.0f} flows/s, shard CPU {us:.3f} µs/flow, CPU model {model:,.0f} "
-              f"flows/s; vs shards {shard_counts[0]}: wall {wall / base[0]:.2f}x, CPU model {model / base[1]:.2f}x")
+        m = med[n]
+        print(f"shards {n}: median wall {m['flows_per_s']:,.0f} flows/s, shard CPU {m['shard_us_per_flow']:.3f} "
+              f"µs/flow ({100 * m['kernel_share']:.0f}% kernel), machine {m['machine_us_per_flow']:.3f} µs/flow, "
+              f"CPU model {m['cpu_model']:,.0f} flows/s; vs shards {shard_counts[0]}: "
+              f"wall {m['flows_per_s'] / base['flows_per_s']:.2f}x, "
+              f"CPU model {m['cpu_model'] / base['cpu_model']:.2f}x")
     ok = all(r["kept"] == 1.0 and r["kernel_drops"] == 0 and not r["restarted"] for rs in runs.values() for r in rs)
     return 0 if ok else 1
 
