@@ -35,8 +35,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import (REPO, SCENARIOS, cpu_seconds, csv_totals, free_port, prepare, print_conf,  # noqa: E402
-                   udp_rows, udp_sockets, wait_listening, wait_quiet, wait_with_timeout, workers_for)
+from bench import (CLK, REPO, SCENARIOS, cpu_seconds, cpu_ticks, csv_totals, free_port, prepare,  # noqa: E402
+                   print_conf, udp_rows, udp_sockets, user_system_ticks, wait_listening, wait_quiet,
+                   wait_with_timeout, workers_for)
 from phases import names  # noqa: E402
 from replay import send  # noqa: E402
 
@@ -51,18 +52,14 @@ def socket_queues(port: int) -> dict[str, int]:
 
 def machine_busy() -> float:
     """CPU seconds all CPUs of the machine spent busy so far (/proc/stat: everything but idle and iowait)."""
-    with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    ticks = cpu_ticks()
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLK
 
 
-def kernel_seconds(pid: int) -> float:
-    """CPU seconds a process spent in the kernel (/proc/PID/stat stime: 10 ms ticks), 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[12]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+def shards_ticks(pids) -> tuple[int, int]:
+    """The processes' utime and stime so far, summed (clock ticks; a process gone counts 0)."""
+    times = [t for t in map(user_system_ticks, pids) if t is not None]
+    return sum(u for u, _ in times), sum(k for _, k in times)
 
 
 def buffer_for(payloads: list) -> int:
@@ -82,12 +79,12 @@ def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path,
     """One run; with warmup (payloads, expected totals), those are queued and drained first, unmeasured: the
     shards' first full batches fault in their receive slots and batch buffers (kernel page clearing, ~10% of
     a cold drain), which a collector pays once, not per flow."""
+    warm_payloads, warm_expected = warmup or ([], {"bytes": 0})
     port = free_port()
     out = work / f"drain-{shards}.csv"
     out.unlink(missing_ok=True)
-    every = payloads + (warmup[0] if warmup else [])
     conf = print_conf(scenario, "pmengine", port, out, False, shards, workers=workers_for(scenario, shards, "auto"),
-                      socket_buffer=buffer_for(max(payloads, warmup[0] if warmup else [], key=len)))
+                      socket_buffer=buffer_for(max(payloads, warm_payloads, key=len)))
     (work / "drain.conf").write_text(conf)
     log = open(work / f"drain-{shards}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "start", "--shards", str(shards), "-f",
@@ -100,9 +97,10 @@ def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path,
         assert len(shard_pids) == shards, names(proc.pid)
         os.kill(proc.pid, signal.SIGSTOP)               # the supervisor first: no hang watch while they stop
         stopped.append(proc.pid)
-        if warmup:
-            _queue_and_drain(warmup[0], port, shard_pids, stopped)
-        queued, drops, emptied, shard_cpu, kernel, machine = _queue_and_drain(payloads, port, shard_pids, stopped)
+        if warm_payloads:
+            _queue_and_drain(warm_payloads, port, shard_pids, stopped)
+        queued, drops, emptied, shard_cpu, kernel_share, machine = _queue_and_drain(payloads, port, shard_pids,
+                                                                                    stopped)
         os.kill(proc.pid, signal.SIGCONT)
         stopped.clear()
         time.sleep(1.0)                                 # the rings drain into the plugin
@@ -119,14 +117,14 @@ def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path,
     time.sleep(0.3)
     _, got, _ = csv_totals(out)
     flows = expected["flows"]
-    sent_bytes = expected["bytes"] + (warmup[1]["bytes"] if warmup else 0)
+    sent_bytes = expected["bytes"] + warm_expected["bytes"]
     wall = max(emptied.values()) if len(emptied) == len(queued) and emptied else float("nan")
-    return dict(shards=shards, sent=len(every), queued=[queued[k] for k in sorted(queued)],
+    return dict(shards=shards, sent=len(payloads) + len(warm_payloads), queued=[queued[k] for k in sorted(queued)],
                 drained_s=[emptied.get(k, float("nan")) for k in sorted(queued)], wall=wall,
                 flows_per_s=flows / wall, shard_us_per_flow=shard_cpu / flows * 1e6,
-                cpu_model=shards * flows / shard_cpu if shard_cpu > 0 else 0.0, kernel_share=kernel / shard_cpu
-                if shard_cpu > 0 else 0.0, machine_us_per_flow=machine / flows * 1e6, kernel_drops=drops,
-                restarted=restarted,
+                cpu_model=shards * flows / shard_cpu if shard_cpu > 0 else 0.0,
+                kernel_share=kernel_share,
+                machine_us_per_flow=machine / flows * 1e6, kernel_drops=drops, restarted=restarted,
                 kept=got / sent_bytes if sent_bytes else 0.0)
 
 
@@ -134,9 +132,10 @@ def _queue_and_drain(payloads: list, port: int, shard_pids: set[int], stopped: l
                      ) -> tuple[dict[str, int], int, dict[str, float], float, float, float]:
     """Stop the shards, replay `payloads` into their queues, continue them and poll the queues until all are
     empty.  Returns the bytes queued per socket, the kernel's drops so far, each socket's drain time (s), and
-    while they drained: the shards' CPU seconds, the part of it in the kernel, and the whole machine's busy CPU
-    seconds (the kernel's work elsewhere, e.g. freeing the datagrams on the CPU that received them, the
-    plugin, this poll)."""
+    while they drained: the shards' CPU seconds, the share of it in the kernel (stime over utime + stime: both
+    in 10 ms ticks, so the share stays within 0-1 even where a short drain spans few ticks), and the whole
+    machine's busy CPU seconds (the kernel's work elsewhere, e.g. freeing the datagrams on the CPU that received
+    them, the plugin, this poll)."""
     for pid in shard_pids:
         os.kill(pid, signal.SIGSTOP)
         stopped.append(pid)
@@ -144,7 +143,7 @@ def _queue_and_drain(payloads: list, port: int, shard_pids: set[int], stopped: l
     time.sleep(0.2)                                     # the loopback's last datagrams reach the queues
     queued, drops = socket_queues(port), udp_sockets(port)[1]
     before = {p: cpu_seconds(p) or 0.0 for p in shard_pids}
-    kernel_before = sum(kernel_seconds(p) for p in shard_pids)
+    ticks_before = shards_ticks(shard_pids)
     machine_before = machine_busy()
     t0 = time.monotonic()
     for pid in shard_pids:
@@ -158,8 +157,9 @@ def _queue_and_drain(payloads: list, port: int, shard_pids: set[int], stopped: l
                 emptied[inode] = now - t0
         time.sleep(POLL_S)
     machine = machine_busy() - machine_before
-    kernel = sum(kernel_seconds(p) for p in shard_pids) - kernel_before
-    return queued, drops, emptied, sum((cpu_seconds(p) or 0.0) - before[p] for p in shard_pids), kernel, machine
+    user, kernel = (b - a for a, b in zip(ticks_before, shards_ticks(shard_pids)))
+    return (queued, drops, emptied, sum((cpu_seconds(p) or 0.0) - before[p] for p in shard_pids),
+            kernel / (user + kernel) if user + kernel > 0 else 0.0, machine)
 
 
 def format_run(r: dict) -> str:

@@ -10,7 +10,7 @@ from conftest import REPO
 
 
 def test_drain_queues_a_replay_on_stopped_shards_and_keeps_every_byte(tmp_path):
-    proc = subprocess.run([sys.executable, "perf/drain.py", "--scenario", "v9-matrix", "--flows", "24000",
+    proc = subprocess.run([sys.executable, "perf/drain.py", "--scenario", "v9-matrix", "--flows", "120000",
                            "--shards", "1,2", "--runs", "1", "--exporters", "8", "--warmup", "8000"],
                           cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
