@@ -2,6 +2,15 @@
 shards draining it.
 
     python3 perf/drain.py --scenario v9-matrix --flows 1200000 --shards 1,2 --runs 3 --exporters 16
+    python3 perf/drain.py --scenario ipfix-five --flows 7200000 --shards 1,2 --workers 2 --exporters 256 \
+        --plugin-pipe-size 2147483648 --pin 2,3          # a many-core box: long drains, no ring drops
+
+On a box with CPUs to spare (the 16-core runs in perf/README.md), the plugin, the kernel's frees and the poll run
+beside the shards instead of on their CPUs, so the wall time is the throughput; there, drains of a few 100k
+flows per shard are too short to read a 10% difference (single runs of one shard moved 0.156-0.227 us/flow):
+use millions.  `--workers` holds plugin_workers fixed across shard counts (bench.py's `auto` gives the 5-tuple
+one worker per shard, and a shard that splits its records among workers pays for the split: a cost of the
+workers, not of the second shard).
 
 Per run: start pmengine (print plugin, the scenario's aggregate, as perf/bench.py) with socket receive buffers
 that hold the whole replay (nfacctd_pipe_size, forced past rmem_max as root), wait until it listens and is quiet,
@@ -20,7 +29,9 @@ spread.
 Besides the shards' CPU per flow, a run reports the part of it spent in the kernel (stime ticks) and the whole
 machine's busy CPU per flow (/proc/stat): with one shard the kernel frees the drained datagrams partly on the
 other, idle CPU (skb_attempt_defer_free, which hands a buffer back to the CPU that allocated it), work that
-counts for no shard; with two, both CPUs are shards'.
+counts for no shard; with two, both CPUs are shards'.  `--skb-defer-max 0` (root; the old value is put back
+after) turns that hand-back off for the run, so every shard frees what it drained itself and pays for it with
+one shard as with two: the same accounting for both counts.
 """
 from __future__ import annotations
 
@@ -41,6 +52,7 @@ from bench import (CLK, REPO, SCENARIOS, cpu_seconds, cpu_ticks, csv_totals, fre
 from phases import names  # noqa: E402
 from replay import send  # noqa: E402
 
+SKB_DEFER_MAX = Path("/proc/sys/net/core/skb_defer_max")
 POLL_S = 0.002          # the queues' poll: ~1% of a 200 ms drain; faster polls take CPU the shards need
 DRAIN_TIMEOUT_S = 60.0
 
@@ -74,17 +86,36 @@ def shards_of(root: int) -> set[int]:
     return {pid for pid, name in names(root).items() if name.startswith("shard-")}
 
 
+def pin_tree(root: int, shard_pids: set[int], cpus: list[int]) -> None:
+    """Shard k (by PID order) on cpus[k % len(cpus)]; the engine's other processes and this script on the CPUs
+    left (where there are any): on a VM whose CPUs differ in speed (siblings of a busy core, say) the same
+    CPUs then run 1 shard and 2, and the plugin and the poll stay off them.  Processes this script started."""
+    for k, pid in enumerate(sorted(shard_pids)):
+        os.sched_setaffinity(pid, {cpus[k % len(cpus)]})
+    rest = set(range(os.cpu_count() or 1)) - set(cpus)
+    if rest:
+        for pid in set(names(root)) - shard_pids:
+            os.sched_setaffinity(pid, rest)
+        os.sched_setaffinity(0, rest)
+
+
 def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path,
-              warmup: tuple[list, dict] | None = None) -> dict:
+              warmup: tuple[list, dict] | None = None, pipe_size: int | None = None,
+              pin: list[int] | None = None, workers: str = "auto") -> dict:
     """One run; with warmup (payloads, expected totals), those are queued and drained first, unmeasured: the
     shards' first full batches fault in their receive slots and batch buffers (kernel page clearing, ~10% of
-    a cold drain), which a collector pays once, not per flow."""
+    a cold drain), which a collector pays once, not per flow.  pipe_size: the plugin's plugin_pipe_size (None:
+    the default rings): a drain is a burst far faster than a plugin aggregates it, so where the records are
+    not folded much a ring must hold most of the replay, or the shard drops (and stops copying) records.
+    pin: CPUs for the shards (pin_tree)."""
     warm_payloads, warm_expected = warmup or ([], {"bytes": 0})
     port = free_port()
     out = work / f"drain-{shards}.csv"
     out.unlink(missing_ok=True)
-    conf = print_conf(scenario, "pmengine", port, out, False, shards, workers=workers_for(scenario, shards, "auto"),
+    conf = print_conf(scenario, "pmengine", port, out, False, shards, workers=workers_for(scenario, shards, workers),
                       socket_buffer=buffer_for(max(payloads, warm_payloads, key=len)))
+    if pipe_size:
+        conf += f"plugin_pipe_size: {pipe_size}\n"
     (work / "drain.conf").write_text(conf)
     log = open(work / f"drain-{shards}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "start", "--shards", str(shards), "-f",
@@ -95,6 +126,8 @@ def drain_run(scenario, shards: int, payloads: list, expected: dict, work: Path,
         wait_quiet(proc.pid)
         shard_pids = shards_of(proc.pid)
         assert len(shard_pids) == shards, names(proc.pid)
+        if pin:
+            pin_tree(proc.pid, shard_pids, pin)
         os.kill(proc.pid, signal.SIGSTOP)               # the supervisor first: no hang watch while they stop
         stopped.append(proc.pid)
         if warm_payloads:
@@ -162,6 +195,28 @@ def _queue_and_drain(payloads: list, port: int, shard_pids: set[int], stopped: l
             kernel / (user + kernel) if user + kernel > 0 else 0.0, machine)
 
 
+def skb_defer_max() -> str:
+    """net.core.skb_defer_max now ('-': this kernel has none)."""
+    return SKB_DEFER_MAX.read_text().strip() if SKB_DEFER_MAX.exists() else "-"
+
+
+class SkbDeferMax:
+    """with SkbDeferMax(n): net.core.skb_defer_max is n inside (None: left alone), its old value after."""
+
+    def __init__(self, value: int | None) -> None:
+        self.value, self.old = value, None
+
+    def __enter__(self) -> "SkbDeferMax":
+        if self.value is not None:
+            self.old = SKB_DEFER_MAX.read_text().strip()
+            SKB_DEFER_MAX.write_text(f"{self.value}\n")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.old is not None:
+            SKB_DEFER_MAX.write_text(f"{self.old}\n")
+
+
 def format_run(r: dict) -> str:
     return (f"{r['shards']:6d} {'/'.join(f'{q / 2**20:.0f}' for q in r['queued']):>16} "
             f"{'/'.join(f'{d * 1e3:.0f}' for d in r['drained_s']):>14} {r['flows_per_s']:12,.0f} "
@@ -179,10 +234,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exporters", type=int, default=16, help="more exporters spread evenlier over the shards")
     ap.add_argument("--warmup", type=int, default=200_000,
                     help="flows queued and drained first in every run, not measured (0: none)")
+    ap.add_argument("--skb-defer-max", type=int, default=None,
+                    help="net.core.skb_defer_max during the runs (root; put back after). 0: a shard frees the "
+                         "datagrams it drained on its own CPU, not on the idle one that received them")
+    ap.add_argument("--plugin-pipe-size", type=int, default=None,
+                    help="the plugin's plugin_pipe_size in bytes (default: pmengine's 32 MiB rings)")
+    ap.add_argument("--pin", default="",
+                    help="CPUs for the shards, e.g. 0,1: shard k on the k-th; everything else on the other CPUs")
+    ap.add_argument("--workers", default="auto",
+                    help="plugin_workers: auto (bench.py's: shards for the 5-tuple, 1 for the matrix) or a number")
     a = ap.parse_args(argv)
+    pin = [int(c) for c in a.pin.split(",")] if a.pin else None
     sc = SCENARIOS[a.scenario]
     shard_counts = [int(s) for s in a.shards.split(",")]
-    with tempfile.TemporaryDirectory(prefix="pmdrain-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="pmdrain-") as tmp, SkbDeferMax(a.skb_defer_max):
         work = Path(tmp)
         payloads, expected = prepare(sc, a.flows, work, 1, a.exporters)
         warmup = None
@@ -191,13 +256,14 @@ def main(argv: list[str] | None = None) -> int:
             warmup = prepare(sc, a.warmup, work / "warmup", 1, a.exporters)
         print(f"{sc.name}: {expected['flows']} flows in {expected['datagrams']} datagrams from {a.exporters} "
               f"exporters, queued on stopped shards, then drained (after {a.warmup} flows the same way, unmeasured); "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs; skb_defer_max {skb_defer_max()}; plugin_pipe_size "
+              f"{a.plugin_pipe_size or 'default'}; shards pinned to CPUs {a.pin or '-'}")
         print(f"{'shards':>6} {'MiB per socket':>16} {'drained ms':>14} {'wall flows/s':>12} {'shard µs':>9} "
               f"{'kernel%':>7} {'machine µs':>10} {'CPU model':>12} {'restarts':>8} {'kdrops':>6} {'kept %':>7}")
         runs: dict[int, list[dict]] = {n: [] for n in shard_counts}
         for _ in range(a.runs):
             for n in shard_counts:                      # interleaved: the host's drift hits every count alike
-                r = drain_run(sc, n, payloads, expected, work, warmup)
+                r = drain_run(sc, n, payloads, expected, work, warmup, a.plugin_pipe_size, pin, a.workers)
                 runs[n].append(r)
                 print(format_run(r), flush=True)
     med = {n: {k: statistics.median(r[k] for r in rs)
