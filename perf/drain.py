@@ -95,7 +95,10 @@ def pin_tree(root: int, shard_pids: set[int], cpus: list[int]) -> None:
     rest = set(range(os.cpu_count() or 1)) - set(cpus)
     if rest:
         for pid in set(names(root)) - shard_pids:
-            os.sched_setaffinity(pid, rest)
+            try:
+                os.sched_setaffinity(pid, rest)
+            except ProcessLookupError:              # a child that has just exited
+                pass
         os.sched_setaffinity(0, rest)
 
 
