@@ -92,7 +92,7 @@ def pin_tree(root: int, shard_pids: set[int], cpus: list[int]) -> None:
     CPUs then run 1 shard and 2, and the plugin and the poll stay off them.  Processes this script started."""
     for k, pid in enumerate(sorted(shard_pids)):
         os.sched_setaffinity(pid, {cpus[k % len(cpus)]})
-    rest = set(range(os.cpu_count() or 1)) - set(cpus)
+    rest = os.sched_getaffinity(0) - set(cpus)
     if rest:
         for pid in set(names(root)) - shard_pids:
             try:
@@ -228,6 +228,14 @@ def format_run(r: dict) -> str:
             f"{100 * r['kept']:7.2f}")
 
 
+def cpu_list(text: str) -> list[int]:
+    """--pin's value: CPU numbers separated by commas."""
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of CPU numbers") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default="v9-matrix", choices=sorted(SCENARIOS))
@@ -242,12 +250,16 @@ def main(argv: list[str] | None = None) -> int:
                          "datagrams it drained on its own CPU, not on the idle one that received them")
     ap.add_argument("--plugin-pipe-size", type=int, default=None,
                     help="the plugin's plugin_pipe_size in bytes (default: pmengine's 32 MiB rings)")
-    ap.add_argument("--pin", default="",
+    ap.add_argument("--pin", type=cpu_list, default=None,
                     help="CPUs for the shards, e.g. 0,1: shard k on the k-th; everything else on the other CPUs")
     ap.add_argument("--workers", default="auto",
                     help="plugin_workers: auto (bench.py's: shards for the 5-tuple, 1 for the matrix) or a number")
     a = ap.parse_args(argv)
-    pin = [int(c) for c in a.pin.split(",")] if a.pin else None
+    pin = a.pin
+    if pin and not set(pin) <= os.sched_getaffinity(0):
+        ap.error(f"--pin {pin}: this process may run on CPUs {sorted(os.sched_getaffinity(0))} only")
+    if a.skb_defer_max is not None and not os.access(SKB_DEFER_MAX, os.W_OK):
+        ap.error(f"--skb-defer-max: {SKB_DEFER_MAX} is missing or not writable (it needs root)")
     sc = SCENARIOS[a.scenario]
     shard_counts = [int(s) for s in a.shards.split(",")]
     with tempfile.TemporaryDirectory(prefix="pmdrain-") as tmp, SkbDeferMax(a.skb_defer_max):
@@ -260,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{sc.name}: {expected['flows']} flows in {expected['datagrams']} datagrams from {a.exporters} "
               f"exporters, queued on stopped shards, then drained (after {a.warmup} flows the same way, unmeasured); "
               f"{os.cpu_count()} CPUs; skb_defer_max {skb_defer_max()}; plugin_pipe_size "
-              f"{a.plugin_pipe_size or 'default'}; shards pinned to CPUs {a.pin or '-'}")
+              f"{a.plugin_pipe_size or 'default'}; shards pinned to CPUs {','.join(map(str, pin)) if pin else '-'}")
         print(f"{'shards':>6} {'MiB per socket':>16} {'drained ms':>14} {'wall flows/s':>12} {'shard µs':>9} "
               f"{'kernel%':>7} {'machine µs':>10} {'CPU model':>12} {'restarts':>8} {'kdrops':>6} {'kept %':>7}")
         runs: dict[int, list[dict]] = {n: [] for n in shard_counts}

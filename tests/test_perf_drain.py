@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "perf"))
@@ -76,3 +77,13 @@ def test_pinning_puts_the_shards_on_their_cpus_and_the_rest_elsewhere():
     assert shard == [0]
     if rest:                                    # more than one CPU: the supervisor and the script off CPU 0
         assert root == rest and me == rest
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pin", "0,x"], "is not a comma-separated list of CPU numbers"),
+    (["--pin", "0,100000"], "this process may run on CPUs"),
+])
+def test_bad_options_are_refused_before_anything_starts(args, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        drain.main(args)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
